@@ -12,7 +12,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 #: modules imported for their registration side effects, in order
-REGISTERING_MODULES: tuple[str, ...] = ("verl_prpo.estimators",)
+REGISTERING_MODULES: tuple[str, ...] = ("verl_prpo.estimators", "verl_prpo.reward_manager")
 
 #: advantage estimator names this plugin provides
 ESTIMATOR_NAMES: tuple[str, ...] = ("prpo", "prl", "spro", "prm_avg")
