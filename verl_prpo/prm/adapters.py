@@ -1,0 +1,474 @@
+"""PRM adapters: one interface over the process reward models PRPO can use.
+
+``PRMAdapter.score(questions, segments)`` returns one probability in [0, 1] per segment. Two layouts:
+
+``QwenMathPRMAdapter`` (Qwen2.5-Math-PRM family)
+    chat template (``apply_chat_template(..., tokenize=False, add_generation_prompt=False)``) of
+    ``[system = config.system_prompt, user = question, assistant = "<extra_0>".join(segments) + "<extra_0>"]``,
+    tokenised as one string; the score of segment s is ``softmax(logits[pos_s])[positive_label]`` where
+    ``pos_s`` is the s-th ``<extra_0>`` token. Occurrences of the separator *inside* a segment's text are removed
+    first (otherwise the positions would shift).
+
+``TokenClassificationPRMAdapter`` (any ``AutoModelForTokenClassification``, e.g. one trained with TRL's
+``PRMTrainer``). The input is what TRL's ``PRMTrainer.tokenize_row`` builds for training, each piece tokenised on
+its own with ``add_special_tokens=False``::
+
+    [bos_token_id if the tokenizer has one] + ids(question)
+    + ids(segment_0) + ids(separator) + ids(segment_1) + ids(separator) + ... + ids(segment_{S-1}) + ids(separator)
+
+There is no separator between the question and the first segment (TRL puts none). The label of step s is read
+at the *last token* of the separator that follows it (TRL writes the step's label there), as
+``softmax(logits[pos_s])[positive_label]``.
+
+Common rules:
+
+* All segments of one response are scored in ONE forward pass; responses are packed into batches by a token
+  budget (``max_tokens_per_batch`` >= batch size x longest input of the batch), right-padded, with an attention
+  mask. One model call per packed batch, so model calls <= number of non-empty responses.
+* Inputs longer than ``max_length``: the question is left-truncated first (its end is kept, down to nothing if
+  needed); if it still does not fit, the segments that do not fit are dropped from the end. A dropped segment gets
+  the explicit ``fallback`` score (the prior mean, 0.5 by default) and is counted in ``stats["truncated_segments"]``;
+  whatever room the kept segments leave goes back to the end of the question. The PRM is causal, so the kept
+  segments' scores do not depend on the dropped ones. Never a silent 0.
+* An empty segment list gives an empty score list and no model call.
+* A NaN score or one outside [0, 1] raises ``ValueError`` naming the response index.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from verl_prpo.prm.config import (
+    PRMConfig,
+    QWEN_STEP_SEPARATOR,
+    TOKEN_CLASSIFICATION_STEP_SEPARATOR,
+)
+
+logger = logging.getLogger(__name__)
+
+_Q_SENTINEL = "\u2063PRPO_QUESTION\u2063"
+_A_SENTINEL = "\u2063PRPO_ANSWER\u2063"
+
+
+@dataclass
+class PRMInputs:
+    """The PRM input of one response."""
+
+    input_ids: list[int]
+    score_positions: list[int]  # index in input_ids where the score of each KEPT segment is read
+    num_segments: int  # segments given
+    question_tokens: int  # question tokens kept
+    question_tokens_dropped: int  # question tokens removed by left truncation
+
+    @property
+    def num_kept(self) -> int:
+        return len(self.score_positions)
+
+    @property
+    def num_dropped(self) -> int:
+        return self.num_segments - self.num_kept
+
+    @property
+    def question_truncated(self) -> bool:
+        return self.question_tokens_dropped > 0
+
+
+@dataclass
+class ScoreStats:
+    """Counters of one ``score_with_stats`` call (per response lists and totals)."""
+
+    truncated_segments: list[int] = field(default_factory=list)  # per response: segments given the fallback
+    truncated_questions: list[int] = field(default_factory=list)  # per response: 1 if the question was cut
+    prm_tokens: list[int] = field(default_factory=list)  # per response: PRM tokens fed (no padding)
+    num_segments: list[int] = field(default_factory=list)  # per response
+    model_calls: int = 0  # forwards on real data
+    dummy_model_calls: int = 0  # forwards added only to keep sharded ranks in step
+    padded_tokens: int = 0  # batch size x length summed over forwards (padding included)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "truncated_segments": int(sum(self.truncated_segments)),
+            "truncated_questions": int(sum(self.truncated_questions)),
+            "prm_tokens": int(sum(self.prm_tokens)),
+            "segments": int(sum(self.num_segments)),
+            "responses": len(self.num_segments),
+            "model_calls": self.model_calls,
+            "dummy_model_calls": self.dummy_model_calls,
+            "padded_tokens": self.padded_tokens,
+            "per_response": {
+                "truncated_segments": list(self.truncated_segments),
+                "truncated_questions": list(self.truncated_questions),
+                "prm_tokens": list(self.prm_tokens),
+                "num_segments": list(self.num_segments),
+            },
+        }
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    """Logits from a model output: a tensor, an object with ``.logits``, a dict, or a tuple (first element)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"PRM output of type {type(output).__name__} has no logits tensor")
+
+
+class PRMAdapter:
+    """Scores the segments of responses with a PRM. Subclasses define ``build_inputs``."""
+
+    kind: str = "base"
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, step_separator: str, positive_label: int = 1,
+                 max_length: int = 4096, max_tokens_per_batch: int = 16384, device: str | torch.device = "cpu",
+                 expected_num_labels: int | None = None) -> None:
+        if max_tokens_per_batch < max_length:
+            raise ValueError(f"max_tokens_per_batch ({max_tokens_per_batch}) < max_length ({max_length})")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.step_separator = step_separator
+        self.positive_label = int(positive_label)
+        self.max_length = int(max_length)
+        self.max_tokens_per_batch = int(max_tokens_per_batch)
+        self.device = torch.device(device)
+        self.expected_num_labels = expected_num_labels
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_token_id = int(pad)
+        self.total_model_calls = 0  # over the adapter's lifetime
+        self.last_stats: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ inputs
+    def build_inputs(self, question: str, segments: list[str]) -> PRMInputs:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _fit(self, head: list[int], question: list[int], mid: list[int], pieces: list[list[int]],
+             tail: list[int], num_segments: int) -> PRMInputs:
+        """Assemble head + question + mid + pieces + tail within ``max_length``.
+
+        Each piece is a segment's tokens followed by its separator; its score is read at the piece's last token.
+        Truncation order: left-truncate the question (down to 0 tokens), then drop whole pieces from the end; the
+        room the kept pieces leave is given back to the end of the question.
+        """
+        fixed = len(head) + len(mid) + len(tail)
+        seg_total = sum(len(p) for p in pieces)
+        budget = self.max_length - fixed
+        if budget < 0:
+            raise ValueError(f"prm.max_length={self.max_length} is smaller than the fixed template "
+                             f"({fixed} tokens)")
+        kept_pieces: list[list[int]] = pieces
+        used = seg_total
+        if seg_total > budget:  # even without the question: keep the pieces that fit, in order
+            kept_pieces, used = [], 0
+            for p in pieces:
+                if used + len(p) > budget:
+                    break
+                kept_pieces.append(p)
+                used += len(p)
+        room = budget - used  # what is left goes to the end of the question
+        kept_q = question[len(question) - room:] if 0 < room < len(question) else (question if room > 0 else [])
+        ids = head + kept_q + mid
+        positions = []
+        for p in kept_pieces:
+            ids.extend(p)
+            positions.append(len(ids) - 1)
+        ids.extend(tail)
+        return PRMInputs(ids, positions, num_segments, len(kept_q), len(question) - len(kept_q))
+
+    # ------------------------------------------------------------------ model
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self.total_model_calls += 1
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return _logits_of(output)
+
+    def _probabilities(self, logits_at_positions: torch.Tensor) -> torch.Tensor:
+        """(N, C) logits at the score positions -> (N,) probability of the positive label."""
+        if logits_at_positions.dim() != 2:
+            raise ValueError(f"PRM logits must be (batch, tokens, labels); got {tuple(logits_at_positions.shape)}")
+        n_labels = logits_at_positions.shape[-1]
+        if self.expected_num_labels is not None and n_labels != self.expected_num_labels:
+            raise ValueError(f"{self.kind} PRM must return {self.expected_num_labels} logits per token, "
+                             f"got {n_labels} (is the checkpoint a PRM with a classification head?)")
+        if not 0 <= self.positive_label < n_labels:
+            raise ValueError(f"prm.positive_label={self.positive_label} but the PRM has {n_labels} labels")
+        probs = torch.softmax(logits_at_positions.float(), dim=-1)
+        return probs[:, self.positive_label]
+
+    def _plan(self, inputs: list[PRMInputs | None]) -> list[list[int]]:
+        """Pack responses (indices with at least one kept segment) into batches within the token budget."""
+        order = sorted((i for i, x in enumerate(inputs) if x is not None and x.num_kept > 0),
+                       key=lambda i: -len(inputs[i].input_ids))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        for i in order:
+            n = len(inputs[i].input_ids)
+            new_longest = max(longest, n)
+            if current and (len(current) + 1) * new_longest > self.max_tokens_per_batch:
+                batches.append(current)
+                current, new_longest = [], n
+            current.append(i)
+            longest = new_longest
+        if current:
+            batches.append(current)
+        return batches
+
+    def _dummy_forward(self) -> None:
+        ids = torch.full((1, 1), self.pad_token_id, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            self._forward(ids, torch.ones_like(ids))
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, questions: list[str], segments: list[list[str]], *, fallback: float = 0.5) -> list[list[float]]:
+        """One probability in [0, 1] per segment; the counters of the call are left in ``self.last_stats``."""
+        scores, _ = self.score_with_stats(questions, segments, fallback=fallback)
+        return scores
+
+    def score_with_stats(self, questions: list[str], segments: list[list[str]], *, fallback: float = 0.5,
+                         sync_num_forwards: Callable[[int], int] | None = None
+                         ) -> tuple[list[list[float]], dict[str, Any]]:
+        """Score every response; returns ``(scores, stats)`` (see ``ScoreStats.as_dict``).
+
+        ``sync_num_forwards(n) -> n_max`` (optional) lets sharded ranks agree on the number of forwards: this rank
+        runs ``n_max - n`` extra one-token forwards so that collective parameter gathers stay matched.
+        """
+        if len(questions) != len(segments):
+            raise ValueError(f"{len(questions)} questions but {len(segments)} segment lists")
+        if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
+            raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
+        stats = ScoreStats()
+        inputs: list[PRMInputs | None] = []
+        for i, (q, segs) in enumerate(zip(questions, segments)):
+            if not isinstance(q, str):
+                raise TypeError(f"response {i}: question must be a string, got {type(q).__name__}")
+            segs = list(segs)
+            if not segs:
+                inputs.append(None)
+                stats.truncated_segments.append(0)
+                stats.truncated_questions.append(0)
+                stats.prm_tokens.append(0)
+                stats.num_segments.append(0)
+                continue
+            x = self.build_inputs(q, segs)
+            inputs.append(x)
+            stats.truncated_segments.append(x.num_dropped)
+            stats.truncated_questions.append(int(x.question_truncated))
+            stats.prm_tokens.append(len(x.input_ids) if x.num_kept > 0 else 0)
+            stats.num_segments.append(len(segs))
+            if x.num_dropped:
+                logger.debug("response %d: %d of %d segments beyond prm.max_length get the fallback score %.3f",
+                             i, x.num_dropped, len(segs), fallback)
+
+        scores: list[list[float]] = [[float(fallback)] * (x.num_segments if x is not None else 0) for x in inputs]
+        batches = self._plan(inputs)
+        n_target = sync_num_forwards(len(batches)) if sync_num_forwards is not None else len(batches)
+        for batch in batches:
+            width = max(len(inputs[i].input_ids) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            rows, cols = [], []
+            for r, i in enumerate(batch):
+                x = inputs[i]
+                ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids, dtype=torch.long)
+                mask[r, : len(x.input_ids)] = 1
+                rows.extend([r] * x.num_kept)
+                cols.extend(x.score_positions)
+            with torch.inference_mode():
+                logits = self._forward(ids.to(self.device), mask.to(self.device))
+                if logits.dim() != 3 or logits.shape[:2] != ids.shape:
+                    raise ValueError(f"PRM logits must have shape (batch, tokens, labels) = {tuple(ids.shape)} + "
+                                     f"(labels,), got {tuple(logits.shape)}")
+                picked = logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)]
+                probs = self._probabilities(picked).cpu().tolist()
+            stats.model_calls += 1
+            stats.padded_tokens += int(ids.numel())
+            k = 0
+            for i in batch:
+                x = inputs[i]
+                vals = probs[k: k + x.num_kept]
+                k += x.num_kept
+                for v in vals:
+                    if not (v == v) or v < 0.0 or v > 1.0:  # NaN or out of range
+                        raise ValueError(f"PRM score {v} of response {i} is NaN or outside [0, 1]")
+                scores[i][: x.num_kept] = vals
+        for _ in range(max(n_target - len(batches), 0)):
+            self._dummy_forward()
+            stats.dummy_model_calls += 1
+        out = stats.as_dict()
+        self.last_stats = out
+        return scores, out
+
+
+class TokenClassificationPRMAdapter(PRMAdapter):
+    """Generic ``AutoModelForTokenClassification`` PRM in TRL's ``PRMTrainer`` layout (see the module docstring)."""
+
+    kind = "token_classification"
+
+    def __init__(self, model, tokenizer, *, step_separator: str = TOKEN_CLASSIFICATION_STEP_SEPARATOR, **kw) -> None:
+        super().__init__(model, tokenizer, step_separator=step_separator, **kw)
+        self.separator_ids = self._encode(step_separator)
+        if not self.separator_ids:
+            raise ValueError(f"prm.step_separator {step_separator!r} encodes to no token")
+        self.head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+    def build_inputs(self, question: str, segments: list[str]) -> PRMInputs:
+        pieces = [self._encode(s) + self.separator_ids for s in segments]
+        return self._fit(list(self.head), self._encode(question), [], pieces, [], len(segments))
+
+
+class QwenMathPRMAdapter(PRMAdapter):
+    """Qwen2.5-Math-PRM: chat template, ``<extra_0>`` after every step, 2-class head (see the module docstring)."""
+
+    kind = "qwen_math_prm"
+
+    def __init__(self, model, tokenizer, *, step_separator: str = QWEN_STEP_SEPARATOR,
+                 system_prompt: str = "", **kw) -> None:
+        kw.setdefault("expected_num_labels", 2)
+        super().__init__(model, tokenizer, step_separator=step_separator, **kw)
+        sep = self._encode(step_separator)
+        if len(sep) != 1:
+            raise ValueError(f"the Qwen PRM adapter needs prm.step_separator {step_separator!r} to be one token "
+                             f"of the PRM tokenizer; it encodes to {sep}")
+        self.separator_id = sep[0]
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("the Qwen PRM adapter needs a tokenizer with a chat template")
+        self.system_prompt = system_prompt
+        # split the rendered template into head / question / mid / answer / tail (used when truncating)
+        text = self._render(_Q_SENTINEL, _A_SENTINEL)
+        qi, ai = text.find(_Q_SENTINEL), text.find(_A_SENTINEL)
+        if qi < 0 or ai < 0 or ai < qi:
+            raise ValueError("could not locate the user and assistant contents in the PRM chat template")
+        self._head_text = text[:qi]
+        self._mid_text = text[qi + len(_Q_SENTINEL): ai]
+        self._tail_text = text[ai + len(_A_SENTINEL):]
+
+    def _messages(self, question: str, answer: str) -> list[dict[str, str]]:
+        msgs = []
+        if self.system_prompt:
+            msgs.append({"role": "system", "content": self.system_prompt})
+        msgs.append({"role": "user", "content": question})
+        msgs.append({"role": "assistant", "content": answer})
+        return msgs
+
+    def _render(self, question: str, answer: str) -> str:
+        return self.tokenizer.apply_chat_template(self._messages(question, answer), tokenize=False,
+                                                  add_generation_prompt=False)
+
+    def build_inputs(self, question: str, segments: list[str]) -> PRMInputs:
+        segs = [s.replace(self.step_separator, "") for s in segments]
+        answer = "".join(s + self.step_separator for s in segs)
+        text = self._render(question, answer)
+        ids = self._encode(text)
+        positions = [j for j, t in enumerate(ids) if t == self.separator_id]
+        if len(ids) <= self.max_length and len(positions) == len(segs):
+            # the reference path: the whole conversation tokenised as one string
+            return PRMInputs(ids, positions, len(segs), len(self._encode(question)), 0)
+        # too long (or the separator also occurs in the question): assemble piece by piece
+        pieces = [self._encode(s) + [self.separator_id] for s in segs]
+        return self._fit(self._encode(self._head_text), self._encode(question), self._encode(self._mid_text),
+                         pieces, self._encode(self._tail_text), len(segs))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        return torch.float32  # bf16 matmuls on CPU are slow and less accurate; always float32 there
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def resolve_adapter_kind(config: PRMConfig, model_config=None, tokenizer=None) -> str:
+    """``auto`` -> ``qwen_math_prm`` if the architectures mention Qwen2ForProcessRewardModel, or the tokenizer has
+    ``<extra_0>`` and a chat template and trust_remote_code is on; ``token_classification`` otherwise."""
+    if config.adapter != "auto":
+        return config.adapter
+    archs = list(getattr(model_config, "architectures", None) or [])
+    if any("Qwen2ForProcessRewardModel" in a for a in archs):
+        return "qwen_math_prm"
+    if tokenizer is not None and config.trust_remote_code and getattr(tokenizer, "chat_template", None):
+        vocab = tokenizer.get_vocab()
+        if QWEN_STEP_SEPARATOR in vocab:
+            return "qwen_math_prm"
+    return "token_classification"
+
+
+def resolve_step_separator(config: PRMConfig, kind: str, model_config=None) -> str:
+    if config.step_separator is not None:
+        return config.step_separator
+    from_model = getattr(model_config, "step_separator", None)
+    if isinstance(from_model, str) and from_model:
+        return from_model
+    return QWEN_STEP_SEPARATOR if kind == "qwen_math_prm" else TOKEN_CLASSIFICATION_STEP_SEPARATOR
+
+
+def _from_pretrained(auto_cls, path: str, **kw):
+    try:
+        return auto_cls.from_pretrained(path, attn_implementation="sdpa", **kw)
+    except (ValueError, ImportError, TypeError) as exc:  # a remote-code model without sdpa support
+        logger.info("loading %s with sdpa failed (%r); using the model's default attention", path, exc)
+        return auto_cls.from_pretrained(path, **kw)
+
+
+def load_model(config: PRMConfig, kind: str, device: torch.device, model_config=None) -> torch.nn.Module:
+    """``from_pretrained`` on ``config.model_path`` (a directory or a hub name), eval mode, on ``device``.
+
+    Qwen: ``AutoModel`` with trust_remote_code when the checkpoint ships its own class (``auto_map``); a checkpoint
+    whose architecture is a stock ``...ForTokenClassification`` is loaded with ``AutoModelForTokenClassification``
+    (same (B, T, 2) output). Token classification: ``AutoModelForTokenClassification``.
+    """
+    from transformers import AutoModel, AutoModelForTokenClassification
+
+    kw = {"trust_remote_code": config.trust_remote_code, "dtype": _torch_dtype(config.dtype, device)}
+    archs = list(getattr(model_config, "architectures", None) or [])
+    auto_map = getattr(model_config, "auto_map", None) or {}
+    if kind == "qwen_math_prm" and ("AutoModel" in auto_map or not any(a.endswith("ForTokenClassification")
+                                                                       for a in archs)):
+        model = _from_pretrained(AutoModel, config.model_path, **kw)
+    else:
+        model = _from_pretrained(AutoModelForTokenClassification, config.model_path, **kw)
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(device)
+
+
+def make_adapter(config: PRMConfig, model: torch.nn.Module, tokenizer, *, kind: str, device,
+                 model_config=None) -> PRMAdapter:
+    """Wrap an already loaded model and tokenizer in the adapter for ``kind``."""
+    sep = resolve_step_separator(config, kind, model_config)
+    common = dict(step_separator=sep, positive_label=config.positive_label, max_length=config.max_length,
+                  max_tokens_per_batch=config.max_tokens_per_batch, device=device)
+    if kind == "qwen_math_prm":
+        return QwenMathPRMAdapter(model, tokenizer, system_prompt=config.system_prompt, **common)
+    if kind == "token_classification":
+        return TokenClassificationPRMAdapter(model, tokenizer, **common)
+    raise ValueError(f"prm.adapter: unknown adapter {kind!r}")
+
+
+def load_prm(config: PRMConfig, device: str | torch.device = "cpu") -> PRMAdapter:
+    """Load the PRM named by ``config.model_path`` and its tokenizer and return the matching adapter."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if config.model_path is None:
+        raise ValueError("prm.model_path is required to load a PRM")
+    device = torch.device(device)
+    model_config = AutoConfig.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
+    kind = resolve_adapter_kind(config, model_config, tokenizer)
+    model = load_model(config, kind, device, model_config)
+    adapter = make_adapter(config, model, tokenizer, kind=kind, device=device, model_config=model_config)
+    logger.info("PRM %s loaded as %s on %s (separator %r)", config.model_path, kind, device, adapter.step_separator)
+    return adapter
