@@ -38,6 +38,9 @@ CHAT_TEMPLATE = (
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
+#: data_source of the tiny dataset: a MATH-style name, so verl's default rule scorer (last \boxed{}) also grades it
+TINY_DATA_SOURCE = "lighteval/MATH"
+
 DEFAULT_CACHE_DIR = Path(os.environ.get("VERL_PRPO_CACHE", Path.home() / ".cache" / "verl_prpo")) / "tiny"
 
 
@@ -190,15 +193,15 @@ def build_tiny_assets(out: Path | str = DEFAULT_CACHE_DIR, *, n_train: int = 256
                         root / "data" / "train.parquet", root / "data" / "val.parquet")
     marker = root / "assets.json"
     settings = {"n_train": n_train, "n_val": n_val, "vocab_size": vocab_size, "hidden_size": hidden_size,
-                "num_layers": num_layers, "seed": seed, "version": 1}
+                "num_layers": num_layers, "seed": seed, "version": 2}
     if not force and marker.exists() and json.loads(marker.read_text()) == settings:
         return assets
     rows = arithmetic_problems(n_train + n_val, seed=seed)
     tokenizer = build_tokenizer(assets.tokenizer_dir, _corpus(rows), vocab_size=vocab_size)
     build_policy(assets.policy_dir, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
     build_prm(assets.prm_dir, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed + 1)
-    write_rl_parquet(rows[:n_train], assets.train_parquet, data_source="tiny_arith", split="train")
-    write_rl_parquet(rows[n_train:], assets.val_parquet, data_source="tiny_arith", split="test")
+    write_rl_parquet(rows[:n_train], assets.train_parquet, data_source=TINY_DATA_SOURCE, split="train")
+    write_rl_parquet(rows[n_train:], assets.val_parquet, data_source=TINY_DATA_SOURCE, split="test")
     marker.write_text(json.dumps(settings))
     logger.info("tiny assets written to %s", root)
     return assets

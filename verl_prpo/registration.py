@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 #: modules imported for their registration side effects, in order
 REGISTERING_MODULES: tuple[str, ...] = ("verl_prpo.estimators", "verl_prpo.reward_manager")
 
+#: functions called for their registration side effects (module:function)
+REGISTERING_FUNCTIONS: tuple[str, ...] = ("verl_prpo.cpu.registry:register_cpu_mode",)
+
 #: advantage estimator names this plugin provides
 ESTIMATOR_NAMES: tuple[str, ...] = ("prpo", "prl", "spro", "prm_avg")
 
@@ -28,6 +31,13 @@ def register_all() -> None:
         except Exception as exc:  # noqa: BLE001 - re-raised by check_registered at trainer start
             _errors[name] = exc
             logger.warning("verl_prpo: could not import %s: %r", name, exc)
+    for spec in REGISTERING_FUNCTIONS:
+        module, func = spec.split(":")
+        try:
+            getattr(importlib.import_module(module), func)()
+        except Exception as exc:  # noqa: BLE001 - re-raised by check_registered at trainer start
+            _errors[spec] = exc
+            logger.warning("verl_prpo: %s failed: %r", spec, exc)
 
 
 def check_registered() -> None:
