@@ -1,0 +1,236 @@
+"""The ``prpo_sync`` V1 trainer mode: verl's synchronous trainer with the inputs process rewards need.
+
+verl's stock ``_compute_advantage`` hands an estimator only the rewards, the mask and the uids. ``prpo_sync``
+overrides that one stage for this plugin's estimators:
+
+1. fetch from TransferQueue what they need: entropy (for PRPO's segmentation), old and reference log-probs (PRL,
+   SPRO), response tokens and prompts (PRM scoring), and per-token PRM scores a caller may have put there;
+2. keep upstream's KL-in-reward and rollout-correction behaviour, in the same order;
+3. segment the responses and score the segments with the PRM worker group (``prpo``, ``prm_avg``);
+4. call the estimator with everything and log its metrics in verl's logger.
+
+Every other estimator (``grpo``, ``gae`` ...) goes through the stock code unchanged, so ``prpo_sync`` is also a
+drop-in replacement for ``sync``. At construction the trainer validates the plugin's configuration (before any
+rollout) and, for PRL and SPRO, makes sure the reference policy exists even when the KL loss coefficient is 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, open_dict
+
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from verl_prpo.config import from_algorithm_config
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+TRAINER_MODE = "prpo_sync"
+#: estimators whose inputs only ``prpo_sync`` provides
+PROCESS_ESTIMATORS = ("prpo", "prl", "spro", "prm_avg")
+#: estimators that read PRM scores
+PRM_ESTIMATORS = ("prpo", "prm_avg")
+#: estimators that read the reference policy's log-probs
+REF_ESTIMATORS = ("prl", "spro")
+#: TransferQueue field under which a caller may supply per-token PRM scores (used when ``prm.enable`` is false)
+PRM_SCORES_KEY = "prm_scores"
+
+
+def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
+    """Validate everything this plugin reads from ``config``; raise a clear error naming the key.
+
+    Returns the typed configs (``{"estimator": ..., "prm": ...}``). Called at trainer start, before any rollout.
+    """
+    from verl_prpo.prm.config import PRMConfig
+    from verl_prpo.registration import check_registered
+
+    check_registered()
+    name = str(config.algorithm.adv_estimator)
+    typed: dict[str, Any] = {"estimator": None, "prm": PRMConfig.from_config(config.get("prm"))}
+    if name in ("prpo", "prm_avg"):
+        typed["estimator"] = from_algorithm_config(config.algorithm, "prpo")
+    elif name in ("prl", "spro"):
+        typed["estimator"] = from_algorithm_config(config.algorithm, name)
+    if name in PRM_ESTIMATORS and not typed["prm"].enable:
+        logger.warning(
+            "algorithm.adv_estimator=%s with prm.enable=false: PRM scores must be supplied in the batch under "
+            "the TransferQueue field '%s' (tests do this); set prm.enable=true and prm.model_path to score "
+            "segments with a process reward model.", name, PRM_SCORES_KEY)
+    return typed
+
+
+def ensure_reference_policy(config: DictConfig) -> bool:
+    """PRL and SPRO need ``ref_log_prob`` even with the KL loss off: turn the KL loss on with coefficient 0.
+
+    verl builds the reference policy only when ``actor.use_kl_loss`` or ``algorithm.use_kl_in_reward`` is set.
+    A KL loss with coefficient 0 adds nothing to the gradient. Returns True if the config was changed.
+    """
+    actor = config.actor_rollout_ref.actor
+    if actor.use_kl_loss or config.algorithm.use_kl_in_reward:
+        return False
+    with open_dict(config):
+        actor.use_kl_loss = True
+        actor.kl_loss_coef = 0.0
+    logger.warning(
+        "%s needs the reference policy: set actor_rollout_ref.actor.use_kl_loss=True with kl_loss_coef=0.0 "
+        "(the KL enters only through the estimator).", config.algorithm.adv_estimator)
+    return True
+
+
+@register_trainer(TRAINER_MODE)
+class PRPOTrainerSync(PPOTrainerSync):
+    """Synchronous V1 trainer that feeds the process-reward estimators (see the module docstring)."""
+
+    def __init__(self, config: DictConfig):
+        self.plugin_config = validate_plugin_config(config)
+        self.adv_name = str(config.algorithm.adv_estimator)
+        if self.adv_name in REF_ESTIMATORS:
+            ensure_reference_policy(config)
+        super().__init__(config)
+        self.prm_scorer = None
+        self._newline_mask: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self):
+        super()._setup()
+        if self.adv_name in PRM_ESTIMATORS and self.plugin_config["prm"].enable:
+            from verl_prpo.prm.trainer_glue import PRMScorer
+
+            actor_pool = self.resource_pool_manager.get_resource_pool(self._actor_role())
+            self.prm_scorer = PRMScorer.create(
+                self.plugin_config["prm"], self.config, actor_pool=actor_pool, tokenizer=self.tokenizer)
+            logger.info("PRM worker group ready (%s)", self.plugin_config["prm"].placement)
+
+    def _actor_role(self):
+        from verl.trainer.ppo.utils import Role
+
+        for role in (Role.Actor, Role.ActorRolloutRef, Role.ActorRollout):
+            if role in self.role_worker_mapping:
+                return role
+        raise RuntimeError("prpo_sync: no actor role in the worker mapping")
+
+    # ------------------------------------------------------------------ advantage
+    def _compute_advantage(self, batch, metrics: dict):
+        if self.adv_name not in PROCESS_ESTIMATORS:
+            return super()._compute_advantage(batch, metrics)
+
+        import transfer_queue as tq
+        from tensordict import TensorDict
+
+        from verl import DataProto
+        from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+        from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+        from verl.trainer.ppo.ray_trainer import apply_kl_penalty
+        from verl.workers.utils.padding import response_to_nested
+
+        fields = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob",
+                  "entropy", "responses", PRM_SCORES_KEY]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        response_mask_nested = data["response_mask"]
+        data = DataProto(batch=data.to_padded_tensor())
+        data.batch["token_level_scores"] = data.batch["rm_scores"]
+        data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+
+        # 1. KL in reward (upstream behaviour)
+        if self.config.algorithm.use_kl_in_reward:
+            data, kl_metrics = apply_kl_penalty(
+                data, kl_ctrl=self.kl_ctrl_in_reward, kl_penalty=self.config.algorithm.kl_penalty)
+            metrics.update(kl_metrics)
+        else:
+            data.batch["token_level_rewards"] = data.batch["token_level_scores"]
+
+        # 2. rollout correction (upstream behaviour, decoupled mode only)
+        rc_cfg = self.config.algorithm.get("rollout_correction", None)
+        bypass = rc_cfg and rc_cfg.get("bypass_mode", False)
+        rollout_correction = rc_cfg is not None and "rollout_log_probs" in data.batch and not bypass
+        if rollout_correction:
+            data, is_metrics = compute_rollout_correction_and_add_to_batch(data, rc_cfg)
+            metrics.update(is_metrics)
+
+        # 3. segmentation and PRM scores
+        kwargs = self._estimator_inputs(batch, data, metrics)
+
+        # 4. the estimator itself
+        est_metrics: dict[str, float] = {}
+        fn = get_adv_estimator_fn(self.adv_name)
+        advantages, returns = fn(
+            token_level_rewards=data.batch["token_level_rewards"],
+            response_mask=data.batch["response_mask"],
+            index=data.non_tensor_batch["uid"],
+            config=self.config.algorithm,
+            metrics=est_metrics,
+            **kwargs,
+        )
+        data.batch["advantages"] = advantages
+        data.batch["returns"] = returns
+        metrics.update(est_metrics)
+
+        # 5. write back (same fields as upstream)
+        out_fields = ["advantages", "returns"]
+        if self.config.algorithm.use_kl_in_reward:
+            out_fields.append("token_level_rewards")
+        if rollout_correction:
+            out_fields.append("response_mask")
+            if "rollout_is_weights" in data.batch:
+                out_fields.append("rollout_is_weights")
+        output = {f: response_to_nested(data.batch[f], response_mask_nested) for f in out_fields}
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                               fields=TensorDict(output, batch_size=len(batch)))
+
+    def _estimator_inputs(self, batch, data, metrics: dict) -> dict[str, Any]:
+        """Everything the estimator needs beyond rewards, mask and uid."""
+        from verl_prpo.segmentation import segment
+
+        b = data.batch
+        mask = b["response_mask"]
+        kwargs: dict[str, Any] = {}
+        for key in ("entropy", "old_log_probs", "ref_log_prob"):
+            if key in b.keys():
+                kwargs[key] = b[key]
+        cfg = self.plugin_config["estimator"]
+
+        if self.adv_name == "prl":
+            kwargs["segment_ids"] = segment(
+                cfg.segmentation, mask, step_len=cfg.step_len,
+                newline_token_mask=self._newline_token_mask() if cfg.segmentation == "newline" else None,
+                responses=b["responses"] if "responses" in b.keys() else None,
+            ).segment_ids
+            return kwargs
+        if self.adv_name not in PRM_ESTIMATORS:
+            return kwargs
+
+        seg = segment(
+            cfg.segmentation, mask, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m, step_len=cfg.step_len,
+            seed=cfg.seed + int(self.global_steps),
+            newline_token_mask=self._newline_token_mask() if cfg.segmentation == "newline" else None,
+            responses=b["responses"] if "responses" in b.keys() else None,
+        )
+        kwargs["segment_ids"] = seg.segment_ids
+        if self.prm_scorer is not None:
+            t0 = time.perf_counter()
+            scores, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids, correct=b["token_level_rewards"].sum(-1) > 0)
+            metrics["timing_s/prm"] = time.perf_counter() - t0
+            metrics.update(prm_metrics)
+            kwargs["prm_scores"] = scores
+        elif PRM_SCORES_KEY in b.keys():
+            kwargs["prm_scores"] = b[PRM_SCORES_KEY]
+        else:
+            raise ValueError(
+                f"algorithm.adv_estimator={self.adv_name} needs PRM scores: set prm.enable=true and prm.model_path=..., "
+                f"or put per-token scores in the batch under '{PRM_SCORES_KEY}'.")
+        return kwargs
+
+    def _newline_token_mask(self) -> torch.Tensor:
+        if self._newline_mask is None:
+            from verl_prpo.segmentation import build_newline_token_mask
+
+            self._newline_mask = build_newline_token_mask(self.tokenizer)
+        return self._newline_mask
