@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["verl_prpo", "verl_prpo.*"]),
-    package_data={"verl_prpo": ["config/*.yaml"]},
+    package_data={"verl_prpo": ["conf/*.yaml"]},
     install_requires=[
         "verl[verl-core]==0.9.1",
         "math-verify>=0.7",
