@@ -12,7 +12,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 #: modules imported for their registration side effects, in order
-REGISTERING_MODULES: tuple[str, ...] = ("verl_prpo.estimators", "verl_prpo.reward_manager")
+REGISTERING_MODULES: tuple[str, ...] = ("verl_prpo.estimators", "verl_prpo.reward_manager", "verl_prpo.trainer")
 
 #: functions called for their registration side effects (module:function)
 REGISTERING_FUNCTIONS: tuple[str, ...] = ("verl_prpo.cpu.registry:register_cpu_mode",)
