@@ -59,31 +59,57 @@ def _missing_input(estimator: str, field: str, extra: str = "") -> ValueError:
     return ValueError(f"advantage estimator '{estimator}' needs `{field}` (B, L), but got None; {_TRAINER_HINT}{extra}")
 
 
-def _prepare(name: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any):
-    """Validate the common inputs; return (rewards float32, bool mask, float mask, (gid, G))."""
-    if token_level_rewards.dim() != 2:
-        raise ValueError(f"{name}: token_level_rewards must be (B, L), got shape {tuple(token_level_rewards.shape)}")
-    if response_mask.shape != token_level_rewards.shape:
-        raise ValueError(
-            f"{name}: response_mask has shape {tuple(response_mask.shape)}, token_level_rewards "
-            f"{tuple(token_level_rewards.shape)}"
+class _Inputs:
+    """Validated common inputs of one estimator call."""
+
+    def __init__(self, name: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any):
+        if token_level_rewards.dim() != 2:
+            raise ValueError(
+                f"{name}: token_level_rewards must be (B, L), got shape {tuple(token_level_rewards.shape)}"
+            )
+        if response_mask.shape != token_level_rewards.shape:
+            raise ValueError(
+                f"{name}: response_mask has shape {tuple(response_mask.shape)}, token_level_rewards "
+                f"{tuple(token_level_rewards.shape)}"
+            )
+        # R is the unmasked row sum (as verl), so a NaN anywhere in the rewards would reach it
+        check_finite("token_level_rewards", token_level_rewards)
+        self.name = name
+        self.rewards = token_level_rewards.detach().float()
+        device = self.rewards.device
+        # float32 0/1 mask; never written to (it may be the caller's tensor)
+        self.maskf = response_mask.to(device=device, dtype=torch.float32)
+        if response_mask.dtype not in (torch.bool, torch.float32):
+            self.maskf = (self.maskf != 0).float()  # any non-zero int counts as valid
+        self._mask = None
+        gid, num_groups = group_ids(index, expected_len=token_level_rewards.shape[0])
+        self.gid, self.num_groups = gid.to(device), num_groups
+        self.index = index
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, L) bool, built on first use."""
+        if self._mask is None:
+            self._mask = self.maskf != 0
+        return self._mask
+
+    def extra(self, field: str, x: torch.Tensor) -> torch.Tensor:
+        """Shape/finite check of an extra (B, L) input; float32, detached. Values outside the mask are finite but
+        arbitrary: callers multiply by the mask before summing."""
+        if x.shape != self.maskf.shape:
+            raise ValueError(f"{field} has shape {tuple(x.shape)}, expected {tuple(self.maskf.shape)} like response_mask")
+        all_finite = check_finite(field, x, self.mask)
+        x = x.detach().to(device=self.maskf.device, dtype=torch.float32)
+        if not all_finite:
+            # NaN/inf only outside the mask: replace them (NaN * 0 would still be NaN)
+            x = torch.where(self.mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return x
+
+    def outcome(self, norm_by_std: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_out (B,), beta (B,)) of ``ops.outcome_advantage`` with this call's groups."""
+        return outcome_advantage(
+            self.rewards, self.maskf, self.index, norm_by_std=norm_by_std, eps=eps, groups=(self.gid, self.num_groups)
         )
-    # R is the unmasked sum (as verl), so a NaN anywhere in the rewards would reach it
-    check_finite("token_level_rewards", token_level_rewards)
-    mask = valid_mask(response_mask).to(token_level_rewards.device)
-    groups = group_ids(index, expected_len=token_level_rewards.shape[0])
-    groups = (groups[0].to(token_level_rewards.device), groups[1])
-    return token_level_rewards.detach().float(), mask, mask.float(), groups
-
-
-def _clean(name: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Shape/finite check of an extra (B, L) input; return it as float32, detached, with 0 outside the mask."""
-    if x.shape != mask.shape:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(mask.shape)} like response_mask")
-    check_finite(name, x, mask)
-    x = x.detach().to(device=mask.device, dtype=torch.float32)
-    # where, not multiply: NaN/inf outside the mask are allowed and must not leak (NaN * 0 = NaN)
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _cfg_get(config: Any, key: str, default: Any) -> Any:
@@ -98,14 +124,20 @@ def _cfg_get(config: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _log_prob_diff(name: str, old_log_probs, ref_log_prob, mask) -> torch.Tensor:
+def _log_prob_diff(inp: _Inputs, old_log_probs, ref_log_prob) -> torch.Tensor:
     """d = log pi_old - log pi_ref, (B, L) float32, 0 outside the mask."""
     ref_hint = " and enable the reference policy (actor_rollout_ref.actor.use_kl_loss=true with kl_loss_coef=0)"
     if old_log_probs is None:
-        raise _missing_input(name, "old_log_probs", ref_hint)
+        raise _missing_input(inp.name, "old_log_probs", ref_hint)
     if ref_log_prob is None:
-        raise _missing_input(name, "ref_log_prob", ref_hint)
-    return _clean("old_log_probs", old_log_probs, mask) - _clean("ref_log_prob", ref_log_prob, mask)
+        raise _missing_input(inp.name, "ref_log_prob", ref_hint)
+    d = inp.extra("old_log_probs", old_log_probs) - inp.extra("ref_log_prob", ref_log_prob)
+    return d.mul_(inp.maskf)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_t a_{i,t} b_{i,t}, (B,), as a batched matmul: no (B, L) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 def _put_adv_metrics(metrics: dict | None, adv: torch.Tensor, mask: torch.Tensor) -> None:
@@ -116,17 +148,17 @@ def _put_adv_metrics(metrics: dict | None, adv: torch.Tensor, mask: torch.Tensor
     metrics["adv/std"] = std
 
 
-def _segment_bounds_metrics(metrics: dict, prefix: str, segment_ids: torch.Tensor, mask: torch.Tensor) -> None:
-    """segments per non-empty response (mean/min/max) and mean segment length in tokens."""
-    seg = torch.where(mask, segment_ids.to(mask.device).long(), torch.full_like(mask, -1, dtype=torch.long))
-    nonempty = mask.any(-1)
-    counts = (seg.amax(-1) + 1).clamp(min=0)[nonempty].double()
-    if counts.numel() == 0:
+def _segment_metrics(metrics: dict, prefix: str, segment_ids: torch.Tensor, inp: _Inputs) -> torch.Tensor:
+    """``<prefix>/{mean,min,max}`` of segments per non-empty response; returns the (B,) segment counts."""
+    seg = segment_ids.to(inp.maskf.device).long()
+    counts = torch.where(inp.mask, seg, torch.full_like(seg, -1)).amax(-1).add_(1).clamp_(min=0)
+    nonempty = inp.maskf.amax(-1) > 0 if inp.maskf.shape[-1] else torch.zeros_like(counts, dtype=torch.bool)
+    c = counts[nonempty].double()
+    if c.numel() == 0:
         metrics.update({f"{prefix}/mean": 0.0, f"{prefix}/min": 0.0, f"{prefix}/max": 0.0})
-        return
-    metrics[f"{prefix}/mean"] = float(counts.mean())
-    metrics[f"{prefix}/min"] = float(counts.min())
-    metrics[f"{prefix}/max"] = float(counts.max())
+    else:
+        metrics.update({f"{prefix}/mean": float(c.mean()), f"{prefix}/min": float(c.min()), f"{prefix}/max": float(c.max())})
+    return counts
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -134,17 +166,21 @@ def _segment_bounds_metrics(metrics: dict, prefix: str, segment_ids: torch.Tenso
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _check_prm_scores(name: str, prm_scores: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+def _prm_scores(inp: _Inputs, prm_scores: torch.Tensor | None) -> torch.Tensor:
+    """The (B, L) PRM probabilities, checked: present, finite and in [0, 1] on valid tokens."""
     if prm_scores is None:
-        raise _missing_input(name, "prm_scores", " and enable the PRM (prm.enable=true)")
-    p = _clean("prm_scores", prm_scores, mask)
-    out_of_range = mask & ((p < 0) | (p > 1))
-    if bool(out_of_range.any()):
-        bad = p[out_of_range]
-        raise ValueError(
-            f"prm_scores must be probabilities in [0, 1] on valid tokens; {bad.numel()} value(s) outside, "
-            f"e.g. {float(bad[0])}"
-        )
+        raise _missing_input(inp.name, "prm_scores", " and enable the PRM (prm.enable=true)")
+    p = inp.extra("prm_scores", prm_scores)
+    if p.numel():
+        lo, hi = torch.aminmax(p)  # one pass; the exact masked check only if something is off somewhere
+        if float(lo) < 0.0 or float(hi) > 1.0:
+            bad = inp.mask & ((p < 0) | (p > 1))
+            if bool(bad.any()):
+                vals = p[bad]
+                raise ValueError(
+                    f"prm_scores must be probabilities in [0, 1] on valid tokens; {vals.numel()} value(s) outside, "
+                    f"e.g. {float(vals[0])}"
+                )
     return p
 
 
@@ -166,8 +202,9 @@ def compute_prpo_advantage(
     """PRPO advantage (arXiv 2601.07182): fixed-prior normalised PRM score plus the outcome location shift.
 
         z_{i,t} = (p_{i,t} - mu) / sigma                                   (normalization = fixed)
-        z_{i,t} = (p_{i,t} - mean_{g,tok} p) / (std_{g,tok} p + eps)       (normalization = relative; token-weighted
-                                                                            over all valid tokens of the group)
+        z_{i,t} = (p_{i,t} - mean_g p) / (std_g p + eps)                   (normalization = relative: mean and
+                  unbiased std over all valid tokens of the group, token-weighted; a group with a single valid
+                  token uses std 1)
         beta_i  = R_i - mean_G R          (beta_norm = none)   or   (R_i - mean_G R) / (std_G R + eps)   (std)
         A_{i,t} = z_{i,t} + beta_i        (outcome_shift = True)   or   z_{i,t}   (process-only ablation)
 
@@ -181,49 +218,48 @@ def compute_prpo_advantage(
         config: verl's ``algorithm`` node.
         prm_scores: ``(B, L)`` p_{i,t} in [0, 1] on valid tokens (required).
         segment_ids: ``(B, L)`` long, -1 outside the mask (optional, for the segment metrics).
-        metrics: dict receiving ``prpo/segments_per_response/{mean,min,max}``, ``prpo/segment_length/mean``,
-            ``prpo/prm_score/{mean,std}``, ``prpo/abs_beta/mean``, ``prpo/z/mean``, ``adv/mean``, ``adv/std``.
+        metrics: dict receiving ``prpo/segments_per_response/{mean,min,max}``, ``prpo/segment_length/mean``
+            (with ``segment_ids``), ``prpo/prm_score/{mean,std}`` (token-weighted), ``prpo/abs_beta/mean``,
+            ``prpo/z/mean``, ``adv/mean``, ``adv/std``.
 
     Returns:
         advantages ``(B, L)`` float32 (0 outside the mask) and returns (the same tensor).
     """
     cfg = from_algorithm_config(config, "prpo")
-    _, mask, maskf, (gid, num_groups) = _prepare("prpo", token_level_rewards, response_mask, index)
-    p = _check_prm_scores("prpo", prm_scores, mask)
+    inp = _Inputs("prpo", token_level_rewards, response_mask, index)
+    p = _prm_scores(inp, prm_scores)
+    maskf, gid, num_groups = inp.maskf, inp.gid, inp.num_groups
 
     with torch.no_grad():
-        a_out, beta = outcome_advantage(
-            token_level_rewards, response_mask, index, norm_by_std=True, eps=cfg.eps, groups=(gid, num_groups)
-        )
+        a_out, beta = inp.outcome(norm_by_std=True, eps=cfg.eps)
         if cfg.beta_norm == "std":
             beta = a_out
-
         if cfg.normalization == "fixed":
-            z = (p - cfg.mu) / cfg.sigma
+            z = torch.sub(p, cfg.mu).div_(cfg.sigma)
         else:
             # token-weighted statistics of p over every valid token of the group (the paper's relative ablation)
-            g_cnt = torch.zeros(num_groups, device=p.device).index_add_(0, gid, maskf.sum(-1))
-            g_sum = torch.zeros(num_groups, device=p.device).index_add_(0, gid, p.sum(-1))
-            g_mean = g_sum / g_cnt.clamp(min=1.0)
-            dev = (p - g_mean[gid][:, None]) * maskf
-            g_sq = torch.zeros(num_groups, device=p.device).index_add_(0, gid, (dev * dev).sum(-1))
-            # one valid token: std undefined; 1 keeps z = 0 there (p equals the mean)
+            n_tok = maskf.sum(-1)
+            g_cnt = n_tok.new_zeros(num_groups).index_add_(0, gid, n_tok)
+            g_mean = n_tok.new_zeros(num_groups).index_add_(0, gid, _rowdot(p, maskf)) / g_cnt.clamp(min=1.0)
+            z = torch.sub(p, g_mean.index_select(0, gid)[:, None]).mul_(maskf)
+            g_sq = n_tok.new_zeros(num_groups).index_add_(0, gid, _rowdot(z, z))
+            # a single valid token: the unbiased std is undefined; 1 keeps z = 0 there (p equals the mean)
             g_std = torch.where(g_cnt >= 2, (g_sq / (g_cnt - 1.0).clamp(min=1.0)).sqrt(), torch.ones_like(g_sq))
-            z = (p - g_mean[gid][:, None]) / (g_std[gid][:, None] + cfg.eps)
-
-        adv = z + beta[:, None] if cfg.outcome_shift else z
-        adv = adv * maskf
+            z.div_(g_std.index_select(0, gid).add_(cfg.eps)[:, None])
+        if metrics is not None:
+            z_mean = masked_mean_std(z, maskf)[0]
+        adv = z.add_(beta[:, None]) if cfg.outcome_shift else z  # z is ours: finish in place
+        adv.mul_(maskf)
 
     if metrics is not None:
         if segment_ids is not None:
-            _segment_bounds_metrics(metrics, "prpo/segments_per_response", segment_ids, mask)
-            seg = torch.where(mask, segment_ids.to(mask.device).long(), torch.full_like(mask, -1, dtype=torch.long))
-            n_seg = float((seg.amax(-1) + 1).clamp(min=0).sum())
-            metrics["prpo/segment_length/mean"] = float(maskf.sum()) / n_seg if n_seg > 0 else 0.0
-        metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = masked_mean_std(p, mask)
+            counts = _segment_metrics(metrics, "prpo/segments_per_response", segment_ids, inp)
+            n_seg = float(counts.sum())
+            metrics["prpo/segment_length/mean"] = float(maskf.sum(dtype=torch.float64)) / n_seg if n_seg else 0.0
+        metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = masked_mean_std(p, maskf)
         metrics["prpo/abs_beta/mean"] = float(beta.abs().double().mean()) if beta.numel() else 0.0
-        metrics["prpo/z/mean"] = masked_mean_std(z, mask)[0]
-        _put_adv_metrics(metrics, adv, mask)
+        metrics["prpo/z/mean"] = z_mean
+        _put_adv_metrics(metrics, adv, maskf)
     return adv, adv
 
 
@@ -244,24 +280,26 @@ def compute_prm_avg_advantage(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PRM-Avg baseline (PRPO paper): the mean PRM score is added to the outcome, then GRPO.
 
-        pbar_i = sum_t p_{i,t} m_{i,t} / sum_t m_{i,t}      (token-weighted; an empty response uses mu, logged)
-        R'_i   = R_i + pbar_i
-        A_{i,t} = (R'_i - mean_G R') / (std_G R' + eps)  (or R'_i - mean_G R' if norm_adv_by_std_in_grpo is False)
+        pbar_i  = sum_t p_{i,t} m_{i,t} / sum_t m_{i,t}    (token-weighted; an empty response uses mu, logged)
+        R'_i    = R_i + pbar_i
+        A_{i,t} = (R'_i - mean_G R') / (std_G R' + eps)  (R'_i - mean_G R' if norm_adv_by_std_in_grpo is False)
 
     ``mu`` and ``eps`` come from ``algorithm.prpo``; ``norm_adv_by_std_in_grpo`` from ``algorithm`` (default True).
 
     Args:
         token_level_rewards: ``(B, L)``. response_mask: ``(B, L)``. index: ``(B,)`` uids. config: ``algorithm`` node.
         prm_scores: ``(B, L)`` in [0, 1] on valid tokens (required).
-        metrics: dict receiving ``prm_avg/prm_mean/mean``, ``prm_avg/empty_responses``, ``adv/mean``, ``adv/std``.
+        metrics: dict receiving ``prm_avg/prm_mean/mean`` (over non-empty responses), ``prm_avg/empty_responses``,
+            ``adv/mean``, ``adv/std``.
 
     Returns:
         advantages ``(B, L)`` float32 (0 outside the mask) and returns (the same tensor).
     """
     cfg = from_algorithm_config(config, "prpo")
     norm_by_std = bool(_cfg_get(config, "norm_adv_by_std_in_grpo", True))
-    rewards, mask, maskf, (gid, num_groups) = _prepare("prm_avg", token_level_rewards, response_mask, index)
-    p = _check_prm_scores("prm_avg", prm_scores, mask)
+    inp = _Inputs("prm_avg", token_level_rewards, response_mask, index)
+    p = _prm_scores(inp, prm_scores)
+    maskf = inp.maskf
 
     with torch.no_grad():
         n_tok = maskf.sum(-1)
@@ -270,18 +308,18 @@ def compute_prm_avg_advantage(
         if n_empty:
             logger.warning("prm_avg: %d empty response(s) have no PRM score; using mu=%.4g as their mean", n_empty,
                            cfg.mu)
-        pbar = torch.where(empty, torch.full_like(n_tok, cfg.mu), p.sum(-1) / n_tok.clamp(min=1.0))
-        r_prime = rewards.sum(-1) + pbar
-        mean, std, _ = group_mean_std(r_prime, gid, num_groups)
-        scores = r_prime - mean[gid]
+        pbar = torch.where(empty, torch.full_like(n_tok, cfg.mu), _rowdot(p, maskf) / n_tok.clamp(min=1.0))
+        r_prime = inp.rewards.sum(-1) + pbar
+        mean, std, _ = group_mean_std(r_prime, inp.gid, inp.num_groups)
+        scores = r_prime - mean[inp.gid]
         if norm_by_std:
-            scores = scores / (std[gid] + cfg.eps)
+            scores = scores / (std[inp.gid] + cfg.eps)
         adv = scores[:, None] * maskf
 
     if metrics is not None:
         metrics["prm_avg/prm_mean/mean"] = float(pbar[~empty].double().mean()) if n_empty < pbar.numel() else 0.0
         metrics["prm_avg/empty_responses"] = float(n_empty)
-        _put_adv_metrics(metrics, adv, mask)
+        _put_adv_metrics(metrics, adv, maskf)
     return adv, adv
 
 
@@ -290,42 +328,77 @@ def compute_prm_avg_advantage(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _step_kl_to_go(d: torch.Tensor, seg: torch.Tensor, mask: torch.Tensor, kl_scope: str) -> torch.Tensor:
-    """KL still to come for every token's step, per token.
+def _select_scope(step_sum: torch.Tensor, d_last: torch.Tensor | None, kl_scope: str) -> torch.Tensor:
+    """(B, S) KL-to-go of each step from its (B, S) sums D_l and the d of its last valid token.
 
-    With D_{i,l} = sum_{j in step l} d_{i,j} (valid tokens) and e_l the step's last valid token:
-        whole_step: S_{i,t} = sum_{l' >= l} D_{i,l'}          = sum_{j >= first token of l} d_{i,j}
-        after_step: S_{i,t} = sum_{l' >  l} D_{i,l'}          = sum_{j > e_l} d_{i,j}
-        step_end:   S_{i,t} = d_{i,e_l} + sum_{l' > l} D_{i,l'} = sum_{j >= e_l} d_{i,j}
-    for t in step l. Works on (B, S) step sums, not (B, L) suffix sums: one scatter and one gather over (B, L).
+        whole_step: sum_{l' >= l} D_l'     after_step: sum_{l' > l} D_l'     step_end: d_{e_l} + sum_{l' > l} D_l'
+    """
+    whole = step_sum.flip(-1).cumsum(-1).flip(-1)
+    if kl_scope == "whole_step":
+        return whole
+    after = whole - step_sum
+    return after if kl_scope == "after_step" else after + d_last
 
-    Args:
-        d: ``(B, L)`` float, 0 outside the mask. seg: ``(B, L)`` long step ids, non-decreasing along valid positions,
-        -1 outside the mask. mask: ``(B, L)`` bool.
 
-    Returns:
-        ``(B, L)`` float, 0 outside the mask.
+def _prl_steps_from_ids(d: torch.Tensor, seg: torch.Tensor, inp: _Inputs, kl_scope: str) -> torch.Tensor:
+    """Per-token KL-to-go (B, L) of each token's step for arbitrary step ids (non-decreasing along the response).
+
+    One scatter of d into (B, S) step sums, one gather back; the last valid token of each step by a scatter-max.
     """
     B, L = d.shape
     num_steps = int(seg.max()) + 1 if seg.numel() else 0
     if num_steps <= 0:
         return torch.zeros_like(d)
-    col = torch.where(mask, seg, torch.full_like(seg, num_steps))  # invalid tokens -> dummy column
+    col = torch.where(inp.mask, seg, torch.full_like(seg, num_steps))  # invalid tokens -> dummy column
     step_sum = d.new_zeros(B, num_steps + 1).scatter_add_(1, col, d)[:, :num_steps]
-    whole = step_sum.flip(-1).cumsum(-1).flip(-1)  # (B, S): sum over steps l' >= l
-    after = whole - step_sum
-    if kl_scope == "whole_step":
-        per_step = whole
-    elif kl_scope == "after_step":
-        per_step = after
-    else:
+    d_last = None
+    if kl_scope == "step_end":
         pos = torch.arange(L, device=d.device).expand(B, L)
         last = torch.full((B, num_steps + 1), -1, dtype=torch.long, device=d.device)
         last = last.scatter_reduce_(1, col, pos, reduce="amax", include_self=True)[:, :num_steps]
         d_last = d.gather(1, last.clamp(min=0)) * (last >= 0)  # a step id with no token contributes nothing
-        per_step = after + d_last
-    out = per_step.gather(1, seg.clamp(min=0))
-    return torch.where(mask, out, torch.zeros_like(out))
+    per_step = _select_scope(step_sum, d_last, kl_scope)
+    return per_step.gather(1, seg.clamp(min=0)).mul_(inp.maskf)
+
+
+def _prl_fixed(d: torch.Tensor, a_out: torch.Tensor, inp: _Inputs, step_len: int, eta: float, kl_scope: str):
+    """rho for ``fixed`` steps without materialising step ids: step l is positions [l*s, (l+1)*s), so the (B, L)
+    tensors are viewed as (B, S, s) blocks (plus a tail block when s does not divide L).
+
+    Returns:
+        rho ``(B, L)`` (0 outside the mask) and the (B,) number of steps with a valid token.
+    """
+    B, L = d.shape
+    if L == 0:
+        return torch.zeros_like(d), torch.zeros(B, dtype=torch.long, device=d.device)
+    s = step_len
+    n_full, tail = divmod(L, s)
+    L0 = n_full * s
+    maskf = inp.maskf
+    blocks_d = [d[:, :L0].unflatten(1, (n_full, s))] if n_full else []
+    blocks_m = [maskf[:, :L0].unflatten(1, (n_full, s))] if n_full else []
+    if tail:
+        blocks_d.append(d[:, L0:].unsqueeze(1))
+        blocks_m.append(maskf[:, L0:].unsqueeze(1))
+    step_sum = torch.cat([b.sum(-1) for b in blocks_d], dim=1)  # (B, S); d is already 0 outside the mask
+    d_last = None
+    if kl_scope == "step_end":
+        lasts = []
+        for bd, bm in zip(blocks_d, blocks_m):
+            pos1 = torch.arange(1, bm.shape[-1] + 1, device=d.device, dtype=torch.float32)
+            last1 = (bm * pos1).amax(-1)  # last valid position in the block + 1; 0 if none
+            idx = (last1 - 1).clamp_(min=0).long().unsqueeze(-1)
+            lasts.append(bd.gather(2, idx).squeeze(-1) * (last1 > 0))
+        d_last = torch.cat(lasts, dim=1)
+    per_step = _select_scope(step_sum, d_last, kl_scope)
+    val = torch.sub(a_out[:, None], per_step, alpha=1.0 / eta)  # (B, S): rho is constant within a step
+    rho = torch.empty_like(d)
+    if n_full:
+        torch.mul(val[:, :n_full, None], blocks_m[0], out=rho[:, :L0].unflatten(1, (n_full, s)))
+    if tail:
+        torch.mul(val[:, n_full:], maskf[:, L0:], out=rho[:, L0:])
+    n_steps = (torch.cat([bm.amax(-1) for bm in blocks_m], dim=1) > 0).sum(-1)
+    return rho, n_steps
 
 
 @register_adv_est("prl")
@@ -347,66 +420,65 @@ def compute_prl_advantage(
 
         d_{i,t} = log pi_old_{i,t} - log pi_ref_{i,t}
         outcome_first: rho_{i,t} = A_out_i - (1/eta) * S_{i,t},   t in step l, with
-            S = sum_{j >= e_l} d_{i,j}  (kl_scope = step_end; e_l the step's last token),
-                sum_{j >  e_l} d_{i,j}  (after_step),   sum_{j >= first token of l} d_{i,j}  (whole_step)
+            S = sum_{j >= e_l} d_{i,j}  (kl_scope = step_end; e_l the step's last valid token),
+                sum_{j >  e_l} d_{i,j}  (after_step; 0 for the last step),
+                sum_{j >= first token of l} d_{i,j}  (whole_step)
         process_first: rho_{i,t} = R_i - (1/eta) * sum_{j >= t} d_{i,j}   (per token, no group normalisation)
         A_out_i = (R_i - mean_G R) / (std_G R + eps)  (not divided if norm_adv_by_std_in_grpo is False)
+    Sums run over valid tokens only.
 
     Steps: ``segment_ids`` if given (e.g. the trainer's ``newline`` segmentation), else ``fixed`` steps of
-    ``algorithm.prl.step_len`` tokens.
+    ``algorithm.prl.step_len`` tokens (step l = positions [l * step_len, (l + 1) * step_len)).
 
     Args:
         token_level_rewards: ``(B, L)``. response_mask: ``(B, L)``. index: ``(B,)`` uids. config: ``algorithm`` node.
         old_log_probs: ``(B, L)`` (required). ref_log_prob: ``(B, L)`` (required).
         segment_ids: ``(B, L)`` long step ids, non-decreasing along the response, -1 outside the mask (optional).
-        metrics: dict receiving ``prl/process_term/{mean,std}`` (the -(1/eta) * S part),
-            ``prl/steps_per_response/mean`` (outcome_first), ``adv/mean``, ``adv/std``.
+        metrics: dict receiving ``prl/process_term/{mean,std}`` (the -(1/eta) * S part over valid tokens),
+            ``prl/steps_per_response/mean`` (outcome_first; over non-empty responses), ``adv/mean``, ``adv/std``.
 
     Returns:
         advantages ``(B, L)`` float32 (0 outside the mask) and returns (the same tensor).
     """
     cfg = from_algorithm_config(config, "prl")
     norm_by_std = bool(_cfg_get(config, "norm_adv_by_std_in_grpo", True))
-    rewards, mask, maskf, groups = _prepare("prl", token_level_rewards, response_mask, index)
-    d = _log_prob_diff("prl", old_log_probs, ref_log_prob, mask)
+    inp = _Inputs("prl", token_level_rewards, response_mask, index)
+    d = _log_prob_diff(inp, old_log_probs, ref_log_prob)
+    maskf = inp.maskf
+    n_steps = None
 
     with torch.no_grad():
-        seg = None
         if cfg.variant == "process_first":
-            # per-token suffix sum: S_{i,t} = sum_{j >= t} d_{i,j}
-            kl_to_go = d.flip(-1).cumsum(-1).flip(-1)
-            process = -kl_to_go / cfg.eta
-            adv = (rewards.sum(-1)[:, None] + process) * maskf
+            r = inp.rewards.sum(-1)
+            kl_to_go = d.flip(-1).cumsum_(-1).flip(-1)  # sum_{j >= t} d_j (d is 0 outside the mask)
+            adv = torch.sub(r[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(maskf)
         else:
+            a_out, _ = inp.outcome(norm_by_std=norm_by_std, eps=cfg.eps)
             if segment_ids is not None:
-                if segment_ids.shape != mask.shape:
-                    raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(mask.shape)}")
-                seg = segment_ids.to(mask.device).long()
-                if bool((seg[mask] < 0).any()):
+                if segment_ids.shape != d.shape:
+                    raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(d.shape)}")
+                seg = segment_ids.to(d.device).long()
+                if bool((seg[inp.mask] < 0).any()):
                     raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
-                seg = torch.where(mask, seg, torch.full_like(seg, -1))
+                kl_to_go = _prl_steps_from_ids(d, seg, inp, cfg.kl_scope)
+                adv = torch.sub(a_out[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(maskf)
+                n_steps = torch.where(inp.mask, seg, torch.full_like(seg, -1)).amax(-1) + 1 if seg.shape[1] else None
             elif cfg.segmentation == "newline":
                 raise ValueError(
                     "algorithm.prl.segmentation=newline needs `segment_ids` from the trainer (it decodes the "
                     f"response tokens); {_TRAINER_HINT}, or use algorithm.prl.segmentation=fixed"
                 )
             else:
-                # fixed steps: token t is in step t // step_len
-                pos = torch.arange(mask.shape[1], device=mask.device)
-                seg = torch.where(mask, (pos // cfg.step_len).expand_as(mask), torch.full_like(mask, -1, dtype=torch.long))
-            a_out, _ = outcome_advantage(
-                token_level_rewards, response_mask, index, norm_by_std=norm_by_std, eps=cfg.eps, groups=groups
-            )
-            process = -_step_kl_to_go(d, seg, mask, cfg.kl_scope) / cfg.eta
-            adv = (a_out[:, None] + process) * maskf
+                adv, n_steps = _prl_fixed(d, a_out, inp, cfg.step_len, cfg.eta, cfg.kl_scope)
 
     if metrics is not None:
-        metrics["prl/process_term/mean"], metrics["prl/process_term/std"] = masked_mean_std(process, mask)
-        if seg is not None:
-            nonempty = mask.any(-1)
-            steps = (seg.amax(-1) + 1)[nonempty].double()
+        base = (r if cfg.variant == "process_first" else a_out)[:, None]
+        metrics["prl/process_term/mean"], metrics["prl/process_term/std"] = masked_mean_std(adv - base, maskf)
+        if n_steps is not None:
+            nonempty = maskf.sum(-1) > 0
+            steps = n_steps[nonempty].double()
             metrics["prl/steps_per_response/mean"] = float(steps.mean()) if steps.numel() else 0.0
-        _put_adv_metrics(metrics, adv, mask)
+        _put_adv_metrics(metrics, adv, maskf)
     return adv, adv
 
 
@@ -433,7 +505,7 @@ def compute_spro_advantage(
     """SPRO advantage (arXiv 2507.01551): outcome advantage plus the Masked Step Advantage of the implicit PRM.
 
         r_{i,t}   = beta_s * (log pi_old_{i,t} - log pi_ref_{i,t})         (detached)
-        CPR_{i,t} = sum_{j <= t} r_{i,j}
+        CPR_{i,t} = sum_{j <= t, valid} r_{i,j}
         MSA_{i,t} = CPR_{i,t} - mean_{k in G(i), m_{k,t} = 1} CPR_{k,t}     (0 where only one response is alive at t)
                     [ / (std_{k in G(i), m_{k,t} = 1} CPR_{k,t} + eps)      if msa_norm = std; unbiased std ]
         A_{i,t}   = A_out_i + MSA_{i,t}
@@ -449,23 +521,31 @@ def compute_spro_advantage(
     """
     cfg = from_algorithm_config(config, "spro")
     norm_by_std = bool(_cfg_get(config, "norm_adv_by_std_in_grpo", True))
-    _, mask, maskf, (gid, num_groups) = _prepare("spro", token_level_rewards, response_mask, index)
-    d = _log_prob_diff("spro", old_log_probs, ref_log_prob, mask)
+    inp = _Inputs("spro", token_level_rewards, response_mask, index)
+    d = _log_prob_diff(inp, old_log_probs, ref_log_prob)
+    maskf, gid, num_groups = inp.maskf, inp.gid, inp.num_groups
 
     with torch.no_grad():
-        cpr = masked_cumsum(cfg.beta_s * d, mask)
-        _, count, mean, std = group_position_stats(cpr, mask, gid, num_groups)
-        # a lone response at t: mean == its own CPR exactly, so MSA is exactly 0 there
-        msa = (cpr - mean[gid]) * maskf
+        # d is ours: r, CPR and MSA are built in its memory
+        cpr = d.mul_(cfg.beta_s).cumsum_(-1).mul_(maskf)  # 0 outside the mask
+        if metrics is not None:
+            cpr_mean = masked_mean_std(cpr, maskf)[0]
+        total = cpr.new_zeros(num_groups, cpr.shape[1]).index_add_(0, gid, cpr)
+        count = cpr.new_zeros(num_groups, cpr.shape[1]).index_add_(0, gid, maskf)
+        mean = total.div_(count.clamp(min=1.0))
+        # a lone response at t: the mean is its own CPR exactly, so its MSA is exactly 0
+        msa = cpr.sub_(mean.index_select(0, gid)).mul_(maskf)
         if cfg.msa_norm == "std":
-            msa = msa / (std[gid] + cfg.eps)
-        a_out, _ = outcome_advantage(
-            token_level_rewards, response_mask, index, norm_by_std=norm_by_std, eps=cfg.eps, groups=(gid, num_groups)
-        )
-        adv = (a_out[:, None] + msa) * maskf
+            sq = msa.new_zeros(num_groups, msa.shape[1]).index_add_(0, gid, msa * msa)
+            std = torch.where(count >= 2.0, sq.div_((count - 1.0).clamp_(min=1.0)).sqrt_(), torch.zeros_like(sq))
+            msa.div_(std.add_(cfg.eps).index_select(0, gid))
+        if metrics is not None:
+            msa_stats = masked_mean_std(msa, maskf)
+        a_out, _ = inp.outcome(norm_by_std=norm_by_std, eps=cfg.eps)
+        adv = msa.add_(a_out[:, None]).mul_(maskf)
 
     if metrics is not None:
-        metrics["spro/msa/mean"], metrics["spro/msa/std"] = masked_mean_std(msa, mask)
-        metrics["spro/cpr/mean"] = masked_mean_std(cpr, mask)[0]
-        _put_adv_metrics(metrics, adv, mask)
+        metrics["spro/msa/mean"], metrics["spro/msa/std"] = msa_stats
+        metrics["spro/cpr/mean"] = cpr_mean
+        _put_adv_metrics(metrics, adv, maskf)
     return adv, adv

@@ -31,16 +31,23 @@ def valid_mask(response_mask: torch.Tensor) -> torch.Tensor:
     return response_mask if response_mask.dtype == torch.bool else response_mask != 0
 
 
-def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
     """Raise ``ValueError`` naming ``name`` if ``tensor`` holds NaN/inf where ``mask`` is true (everywhere if None).
 
     Args:
         name: the tensor's name in the error message.
         tensor: any shape.
         mask: same shape as ``tensor`` (or broadcastable), 0/1 or bool; None checks every element.
+
+    Returns:
+        True if every element is finite; False if some NaN/inf sit outside the mask only (the caller must then keep
+        them out of its arithmetic: ``NaN * 0`` is NaN).
     """
     if not (tensor.is_floating_point() or tensor.is_complex()):
-        return  # integer tensors cannot hold NaN/inf
+        return True  # integer tensors cannot hold NaN/inf
+    # fast path, one reduction: a finite sum means no NaN/inf anywhere (overflow falls through to the exact check)
+    if bool(torch.isfinite(tensor.sum())):
+        return True
     bad = ~torch.isfinite(tensor)
     if mask is not None:
         bad = bad & valid_mask(mask)
@@ -48,6 +55,7 @@ def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = No
     if n_bad:
         first = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{name} has {n_bad} NaN/inf value(s) on valid positions (first at index {first})")
+    return bool(torch.isfinite(tensor).all())
 
 
 def _is_missing(u: Any) -> bool:
@@ -178,13 +186,13 @@ def masked_suffix_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ``total - prefix``, so the sum at the last tokens carries no cancellation error.
     """
     # where, not multiply: a NaN outside the mask must not leak (NaN * 0 = NaN)
-    y = torch.where(valid_mask(mask), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    return y.flip(-1).cumsum(-1).flip(-1)
+    y = torch.where(valid_mask(mask), x, torch.zeros((), dtype=x.dtype, device=x.device)).flip(-1)
+    return y.cumsum_(-1).flip(-1)
 
 
 def masked_cumsum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """C_{i,t} = sum_{j <= t} x_{i,j} * mask_{i,j}; ``(B, L)`` in, ``(B, L)`` out."""
-    return torch.where(valid_mask(mask), x, torch.zeros((), dtype=x.dtype, device=x.device)).cumsum(-1)
+    return torch.where(valid_mask(mask), x, torch.zeros((), dtype=x.dtype, device=x.device)).cumsum_(-1)
 
 
 def group_position_stats(
@@ -212,19 +220,28 @@ def group_position_stats(
     total = _scatter_sum(xm, gid, num_groups)
     count = _scatter_sum(m, gid, num_groups)
     mean = total / count.clamp(min=1.0)
-    dev = (xm - mean[gid]) * m
-    var = _scatter_sum(dev * dev, gid, num_groups) / (count - 1.0).clamp(min=1.0)
+    dev = xm.sub_(mean.index_select(0, gid)).mul_(m)  # xm is ours: reuse its memory
+    var = _scatter_sum(dev.mul_(dev), gid, num_groups) / (count - 1.0).clamp(min=1.0)
     std = torch.where(count >= 2.0, var.sqrt(), torch.zeros_like(var))
     return total, count, mean, std
 
 
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
-    """Mean and unbiased std of ``x`` over ``mask`` as Python floats (0.0 when empty / fewer than two values)."""
-    vals = x[valid_mask(mask)] if mask is not None else x.reshape(-1)
-    vals = vals.double()
-    n = vals.numel()
+    """Mean and unbiased std of ``x`` over ``mask`` as Python floats (0.0 when empty / fewer than two values).
+
+    Sums are accumulated in float64 (one pass for the sum, one for the squares), without gathering the valid values.
+    """
+    if mask is None:
+        m = torch.ones_like(x, dtype=torch.float32)
+    else:
+        m = mask.to(torch.float32) if mask.dtype != torch.float32 else mask
+    n = float(m.sum(dtype=torch.float64))
     if n == 0:
         return 0.0, 0.0
-    mean = float(vals.mean())
-    std = float(vals.std()) if n > 1 else 0.0
-    return mean, std
+    xm = x.float() * m
+    mean = float(xm.sum(dtype=torch.float64)) / n
+    if n < 2:
+        return mean, 0.0
+    xm.sub_(mean).mul_(m)  # centred, still zero outside the mask
+    var = float(xm.mul_(xm).sum(dtype=torch.float64)) / (n - 1.0)
+    return mean, max(var, 0.0) ** 0.5

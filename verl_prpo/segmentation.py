@@ -57,56 +57,83 @@ class Segmentation:
 
 def response_lengths(response_mask: torch.Tensor) -> torch.Tensor:
     """``(B,)`` long: L_i = index of the last valid token + 1 (0 for an empty response)."""
-    mask = valid_mask(response_mask)
-    pos = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
-    return (pos * mask).amax(dim=-1) if mask.shape[-1] > 0 else mask.new_zeros(mask.shape[0], dtype=torch.long)
+    return _lengths_f(valid_mask(response_mask).float()).long()
 
 
-def _from_starts(starts: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> Segmentation:
-    """Build the Segmentation from a (B, L) bool cut map (position 0 is set here for non-empty rows)."""
-    starts = starts.clone()
-    starts[:, 0] = lengths > 0
-    pos = torch.arange(starts.shape[1], device=starts.device)
-    starts &= pos < lengths[:, None]
-    seg = starts.cumsum(dim=-1) - 1
-    seg = torch.where(mask, seg, torch.full_like(seg, -1))
-    return Segmentation(segment_ids=seg, starts=starts, num_segments=starts.sum(dim=-1))
+def _lengths_f(maskf: torch.Tensor) -> torch.Tensor:
+    """(B,) float L_i from a 0/1 float32 mask."""
+    # float positions are exact below 2**24 tokens; one multiply + one max, no int64 temporaries
+    if maskf.shape[-1] == 0:
+        return maskf.new_zeros(maskf.shape[0])
+    pos1 = torch.arange(1, maskf.shape[-1] + 1, device=maskf.device, dtype=torch.float32)
+    return (maskf * pos1).amax(dim=-1)
 
 
-def _scatter_cuts(cuts: torch.Tensor, ok: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(B, k) cut positions with a (B, k) validity flag -> (B, L) bool map (duplicates collapse)."""
-    B, L = shape
-    out = torch.zeros(B, L + 1, dtype=torch.bool, device=cuts.device)
+def _from_start_map(starts_f: torch.Tensor, maskf: torch.Tensor) -> Segmentation:
+    """Segmentation from a float (B, L) map with 1.0 at every segment start (position 0 included, none >= L_i)."""
+    # id of a valid token = number of starts at or before it - 1; -1 outside the mask: (cumsum * m) - 1
+    seg = starts_f.cumsum(dim=-1).mul_(maskf).sub_(1.0).long()
+    starts = starts_f != 0
+    return Segmentation(segment_ids=seg, starts=starts, num_segments=starts_f.sum(dim=-1).long())
+
+
+def _start_map_from_cuts(cuts: torch.Tensor, ok: torch.Tensor, lengths: torch.Tensor, L: int) -> torch.Tensor:
+    """(B, k) cut positions with a (B, k) validity flag -> (B, L) float start map (duplicates collapse)."""
+    B = cuts.shape[0]
+    out = torch.zeros(B, L + 1, dtype=torch.float32, device=cuts.device)
     # invalid cuts go to a dummy column L, dropped below
     target = torch.where(ok, cuts, torch.full_like(cuts, L)).clamp(0, L)
-    out.scatter_(1, target, True)
+    out.scatter_(1, target, 1.0)
+    out[:, 0] = (lengths > 0).float()
     return out[:, :L]
 
 
-def _greedy_spikes(priority: torch.Tensor, eligible: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+_BLOCK = 64  # block size of the greedy search (block maxima make each pick O(B * (L / 64 + 64)))
+
+
+def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy top-k selection with a minimum gap m, vectorised over rows (loop over the k picks only).
 
+    Position c is eligible when ``mask[c]`` and ``c >= m`` and no accepted pick lies within ``m - 1`` of it; each pick
+    is the eligible position of highest priority, ties to the earlier position. Instead of a full ``max`` over (B, L)
+    per pick, the row is cut into blocks of ``_BLOCK`` positions whose maxima are kept up to date: a pick reads the
+    best block (first on ties) and the first maximum inside it, then refreshes only the blocks its window touched.
+
     Args:
-        priority: ``(B, L)`` float, finite on eligible positions.
-        eligible: ``(B, L)`` bool, initial eligibility.
+        priority: ``(B, L)`` float, finite where ``mask``.
+        mask: ``(B, L)`` bool.
         k: number of picks. m: minimum gap.
 
     Returns:
         cuts ``(B, k)`` long and ok ``(B, k)`` bool (False once a row ran out of eligible positions).
     """
     B, L = priority.shape
-    work = priority.masked_fill(~eligible, float("-inf"))
-    # a pick at c blocks the window (c - m, c + m); scatter -inf into it instead of rebuilding a (B, L) mask
-    offsets = torch.arange(-(m - 1), m, device=priority.device)
+    bs = _BLOCK
+    nb = max(1, -(-L // bs))
+    neg_inf = torch.full((), float("-inf"), dtype=torch.float32, device=priority.device)
+    work = torch.empty(B, nb * bs, dtype=torch.float32, device=priority.device)
+    work[:, L:] = float("-inf")
+    torch.where(mask, priority, neg_inf, out=work[:, :L])
+    work[:, : min(m, L)] = float("-inf")
+    blocks = work.view(B, nb, bs)
+    bmax = blocks.amax(dim=-1)  # (B, nb)
+    rows = torch.arange(B, device=priority.device)
+    offsets = torch.arange(-(m - 1), m, device=priority.device)  # a pick at c blocks (c - m, c + m)
+    n_touch = min(nb, (2 * m - 2) // bs + 2)  # blocks a window can touch
+    touch = torch.arange(n_touch, device=priority.device)
     cuts, oks = [], []
     for _ in range(k):
-        best, idx = work.max(dim=-1)  # first maximum on ties: the earlier token
+        best, blk = bmax.max(dim=-1)  # first best block on ties
         ok = best > float("-inf")
+        idx = blk * bs + blocks[rows, blk].argmax(dim=-1)  # first maximum inside it: the earlier token
         cuts.append(idx)
         oks.append(ok)
-        window = (idx[:, None] + offsets[None, :]).clamp(0, L - 1)
-        # rows with nothing left stay all -inf, so blocking their (arbitrary) window is harmless
-        work.scatter_(1, window, float("-inf"))
+        # rows with nothing left are all -inf, so blocking their (arbitrary) window is harmless
+        work.scatter_(1, (idx[:, None] + offsets).clamp_(0, nb * bs - 1), float("-inf"))
+        first = ((idx - (m - 1)).clamp(min=0) // bs)[:, None]
+        bids = (first + touch).clamp_(max=nb - 1)  # (B, n_touch)
+        fresh = blocks[rows[:, None], bids].amax(dim=-1)  # (B, n_touch)
+        bmax.scatter_(1, bids, fresh)
     return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
 
 
@@ -141,10 +168,10 @@ def segment(
     if response_mask.dim() != 2:
         raise ValueError(f"response_mask must be (B, L), got shape {tuple(response_mask.shape)}")
     mask = valid_mask(response_mask)
+    maskf = mask.float()
     B, L = mask.shape
     device = mask.device
-    lengths = response_lengths(mask)
-    pos = torch.arange(L, device=device)
+    lengths = _lengths_f(maskf).long()
 
     if strategy in ("entropy", "random"):
         if int(k) < 1 or int(m) < 1:
@@ -158,40 +185,50 @@ def segment(
             if entropy.shape != mask.shape:
                 raise ValueError(f"entropy has shape {tuple(entropy.shape)}, response_mask {tuple(mask.shape)}")
             check_finite("entropy", entropy, mask)
-            priority = entropy.detach().float().to(device)
+            priority = entropy.detach().to(device=device, dtype=torch.float32)
         else:
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             priority = torch.rand(B, L, generator=gen).to(device)
-        eligible = mask & (pos >= m)  # pos < L_i is implied by the mask
-        cuts, ok = _greedy_spikes(priority, eligible, int(k), int(m))
-        starts = _scatter_cuts(cuts, ok, (B, L))
-    elif strategy == "uniform":
+        # eligible: valid token (so c < L_i) at position >= m
+        cuts, ok = _greedy_spikes(priority, mask, int(k), int(m))
+        return _from_start_map(_start_map_from_cuts(cuts, ok, lengths, L), maskf)
+    if strategy == "uniform":
         if int(k) < 1:
             raise ValueError(f"uniform segmentation needs k >= 1, got k={k}")
         j = torch.arange(1, int(k) + 1, device=device)
         cuts = torch.div(j[None, :] * lengths[:, None], int(k) + 1, rounding_mode="floor")
         ok = (cuts >= 1) & (cuts < lengths[:, None])
-        starts = _scatter_cuts(cuts, ok, (B, L))
-    elif strategy == "fixed":
-        if int(step_len) < 1:
+        return _from_start_map(_start_map_from_cuts(cuts, ok, lengths, L), maskf)
+    if strategy == "fixed":
+        s = int(step_len)
+        if s < 1:
             raise ValueError(f"fixed segmentation needs step_len >= 1, got {step_len}")
-        starts = (pos % int(step_len) == 0).expand(B, L).clone()
-    else:  # newline
-        if newline_token_mask is None or responses is None:
-            raise ValueError(
-                "newline segmentation needs `responses` (B, L) token ids and `newline_token_mask` (V,) "
-                "(build it with build_newline_token_mask(tokenizer))"
-            )
-        if responses.shape != mask.shape:
-            raise ValueError(f"responses has shape {tuple(responses.shape)}, response_mask {tuple(mask.shape)}")
-        table = newline_token_mask.to(device=device, dtype=torch.bool).reshape(-1)
-        ids = responses.to(device).long()
-        in_vocab = (ids >= 0) & (ids < table.numel())
-        is_nl = table[ids.clamp(0, max(table.numel() - 1, 0))] & in_vocab & mask
-        starts = torch.zeros(B, L, dtype=torch.bool, device=device)
-        starts[:, 1:] = is_nl[:, :-1]  # the token after a blank line starts the next step
-
-    return _from_starts(starts, mask, lengths)
+        pos = torch.arange(L, device=device)
+        # no cumsum needed: the id of position t is t // step_len
+        seg = torch.div(pos, s, rounding_mode="floor").float().mul(maskf).add_(maskf).sub_(1.0).long()
+        starts = ((pos % s) == 0)[None, :] & (pos[None, :] < lengths[:, None])
+        num = torch.div(lengths + s - 1, s, rounding_mode="floor")
+        return Segmentation(segment_ids=seg, starts=starts, num_segments=num)
+    # newline
+    if newline_token_mask is None or responses is None:
+        raise ValueError(
+            "newline segmentation needs `responses` (B, L) token ids and `newline_token_mask` (V,) "
+            "(build it with build_newline_token_mask(tokenizer))"
+        )
+    if responses.shape != mask.shape:
+        raise ValueError(f"responses has shape {tuple(responses.shape)}, response_mask {tuple(mask.shape)}")
+    table = newline_token_mask.to(device=device, dtype=torch.float32).reshape(-1)
+    if table.numel() == 0:
+        table = torch.zeros(1, device=device)
+    ids = responses.to(device).long()
+    in_vocab = (ids >= 0) & (ids < table.numel())
+    is_nl = table[ids.clamp(0, table.numel() - 1)] * in_vocab * maskf
+    starts_f = torch.zeros(B, L, dtype=torch.float32, device=device)
+    starts_f[:, 1:] = is_nl[:, :-1]  # the token after a blank line starts the next step
+    starts_f[:, 0] = (lengths > 0).float()
+    pos = torch.arange(L, device=device)
+    starts_f *= pos[None, :] < lengths[:, None]  # no start at or past L_i
+    return _from_start_map(starts_f, maskf)
 
 
 def segmentation_from_ids(segment_ids: torch.Tensor, response_mask: torch.Tensor) -> Segmentation:
@@ -233,14 +270,14 @@ def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) ->
             f"scores must be (B, S_max) and segment_ids (B, L) with the same B, got {tuple(scores.shape)} and "
             f"{tuple(segment_ids.shape)}"
         )
-    seg = segment_ids.to(scores.device).long()
+    seg = segment_ids.to(scores.device)
     if seg.numel() and int(seg.max()) >= scores.shape[1]:
         raise ValueError(f"segment id {int(seg.max())} has no score (scores has {scores.shape[1]} columns)")
-    valid = seg >= 0
-    if scores.shape[1] == 0:
-        return torch.zeros(seg.shape, dtype=scores.dtype, device=scores.device)
-    out = scores.gather(1, seg.clamp(min=0))
-    return torch.where(valid, out, torch.zeros_like(out))
+    # column 0 holds the 0 of the tokens outside the mask: index = id + 1, no validity pass (int32: half the memory)
+    padded = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], dim=1)
+    idx = seg.to(torch.int32)
+    idx = idx + 1 if idx is seg else idx.add_(1)  # never write into the caller's tensor
+    return padded.gather(1, idx)
 
 
 def build_newline_token_mask(tokenizer: Any, vocab_size: int | None = None) -> torch.Tensor:

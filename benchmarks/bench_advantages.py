@@ -1,0 +1,115 @@
+"""Time the process-reward estimators against verl's own GRPO on one CPU batch.
+
+Batch: 1024 responses x 4096 tokens, groups of 8 (uids shuffled over the batch), random lengths in [1, 4096].
+Each row of the table is the median wall time over ``--repeats`` interleaved rounds (after one warm-up) and its
+ratio to ``grpo`` (``core_algos.compute_grpo_outcome_advantage``). ``prpo`` includes the entropy segmentation and the
+broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmentation.
+
+    python benchmarks/bench_advantages.py [--batch 1024] [--length 4096] [--group 8] [--repeats 7] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from verl.trainer.ppo import core_algos
+
+from verl_prpo import estimators as E
+from verl_prpo.segmentation import broadcast_segment_scores, segment
+
+
+def make_batch(batch: int, length: int, group: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    rewards = torch.zeros(batch, length)
+    rewards[torch.arange(batch), lengths - 1] = torch.randint(0, 2, (batch,), generator=gen).float()
+    uids = np.array([f"q{i // group}" for i in range(batch)], dtype=object)
+    uids = uids[np.random.default_rng(seed).permutation(batch)]  # groups scattered, as after balance_batch
+    return {
+        "token_level_rewards": rewards,
+        "response_mask": mask,
+        "index": uids,
+        "entropy": torch.rand(batch, length, generator=gen) * 3,
+        "old_log_probs": -torch.rand(batch, length, generator=gen) * 2,
+        "ref_log_prob": -torch.rand(batch, length, generator=gen) * 2,
+        "segment_scores": torch.rand(batch, 6, generator=gen),  # k + 1 = 6 segments at most
+    }
+
+
+def run_prpo(b: dict) -> torch.Tensor:
+    seg = segment("entropy", b["response_mask"], entropy=b["entropy"], k=5, m=10)
+    prm = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
+    adv, _ = E.compute_prpo_advantage(
+        b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=prm, segment_ids=seg.segment_ids
+    )
+    return adv
+
+
+def run_prm_avg(b: dict) -> torch.Tensor:
+    seg = segment("entropy", b["response_mask"], entropy=b["entropy"], k=5, m=10)
+    prm = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
+    return E.compute_prm_avg_advantage(b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=prm)[0]
+
+
+def run_prl(b: dict) -> torch.Tensor:
+    return E.compute_prl_advantage(
+        b["token_level_rewards"], b["response_mask"], b["index"], None,
+        old_log_probs=b["old_log_probs"], ref_log_prob=b["ref_log_prob"],
+    )[0]
+
+
+def run_spro(b: dict) -> torch.Tensor:
+    return E.compute_spro_advantage(
+        b["token_level_rewards"], b["response_mask"], b["index"], None,
+        old_log_probs=b["old_log_probs"], ref_log_prob=b["ref_log_prob"],
+    )[0]
+
+
+def run_grpo(b: dict) -> torch.Tensor:
+    return core_algos.compute_grpo_outcome_advantage(b["token_level_rewards"], b["response_mask"], b["index"])[0]
+
+
+def measure(runs: dict, b: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times in ms. Rounds interleave every estimator (grpo first in each round) so that a change of machine
+    load hits all of them alike; one warm-up round is discarded."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(repeats + 1):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn(b)
+            if r:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--length", type=int, default=4096)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b = make_batch(args.batch, args.length, args.group)
+    runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro}
+    times = measure(runs, b, args.repeats)
+    print(f"batch {args.batch} x {args.length}, group {args.group}, CPU, {torch.get_num_threads()} threads, "
+          f"{args.repeats} interleaved rounds\n")
+    print("| estimator | median ms | ratio of medians to grpo | median of per-round ratios |")
+    print("|---|---:|---:|---:|")
+    g = times["grpo"]
+    for name, ts in times.items():
+        per_round = statistics.median(t / gr for t, gr in zip(ts, g))
+        print(f"| {name} | {statistics.median(ts):.1f} | {statistics.median(ts) / statistics.median(g):.2f} | "
+              f"{per_round:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
