@@ -25,12 +25,7 @@ _errors: dict[str, BaseException] = {}
 
 def register_all() -> None:
     """Import every registering module; remember (and log) failures instead of hiding them."""
-    for name in REGISTERING_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - re-raised by check_registered at trainer start
-            _errors[name] = exc
-            logger.warning("verl_prpo: could not import %s: %r", name, exc)
+    # functions first: the cpu platform must be registered before any module resolves verl's platform
     for spec in REGISTERING_FUNCTIONS:
         module, func = spec.split(":")
         try:
@@ -38,6 +33,12 @@ def register_all() -> None:
         except Exception as exc:  # noqa: BLE001 - re-raised by check_registered at trainer start
             _errors[spec] = exc
             logger.warning("verl_prpo: %s failed: %r", spec, exc)
+    for name in REGISTERING_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - re-raised by check_registered at trainer start
+            _errors[name] = exc
+            logger.warning("verl_prpo: could not import %s: %r", name, exc)
 
 
 def check_registered() -> None:
@@ -47,7 +48,11 @@ def check_registered() -> None:
         raise RuntimeError(f"verl_prpo failed to register its components: {details}")
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
     missing = [n for n in ESTIMATOR_NAMES if n not in ADV_ESTIMATOR_REGISTRY]
+    if "prpo_sync" not in TRAINER_REGISTRY:
+        missing.append("trainer mode prpo_sync")
     if missing:
         raise RuntimeError(
             f"verl_prpo estimators {missing} are not registered in verl. Is verl-prpo installed in this "

@@ -106,7 +106,8 @@ class PRPOTrainerSync(PPOTrainerSync):
 
             actor_pool = self.resource_pool_manager.get_resource_pool(self._actor_role())
             self.prm_scorer = PRMScorer.create(
-                self.plugin_config["prm"], self.config, actor_pool=actor_pool, tokenizer=self.tokenizer)
+                self.plugin_config["prm"], self.config, actor_pool=actor_pool,
+                prior_mean=self.plugin_config["estimator"].mu)
             logger.info("PRM worker group ready (%s)", self.plugin_config["prm"].placement)
 
     def _actor_role(self):

@@ -1,0 +1,67 @@
+"""PRM scoring inside the ``prpo_sync`` trainer: worker-group placement and the per-step call.
+
+Placement (``prm.placement``):
+
+* ``colocate`` (default): the PRM workers join the actor's resource pool; verl shares each bundle's GPU between
+  worker groups by fractional requests, and the PRM parameters are offloaded to CPU between scoring calls
+  (``prm.param_offload``), so the PRM costs memory only while it scores.
+* ``own_pool``: a separate pool of ``prm.nnodes`` x ``prm.n_gpus_per_node`` GPUs (on SLURM: extra nodes for the PRM).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from verl_prpo.prm.config import PRMConfig
+
+logger = logging.getLogger(__name__)
+
+
+class PRMScorer:
+    """Owns the PRM worker group and turns a training batch into per-token PRM scores plus metrics."""
+
+    def __init__(self, worker_group, prm_config: PRMConfig, prior_mean: float = 0.5):
+        self.worker_group = worker_group
+        self.config = prm_config
+        self.prior_mean = prior_mean
+
+    @classmethod
+    def create(cls, prm_config: PRMConfig, config, *, actor_pool, tokenizer=None, prior_mean: float = 0.5):
+        from verl_prpo.prm.worker import create_prm_worker_group, make_prm_resource_pool
+
+        if prm_config.placement == "own_pool":
+            pool = make_prm_resource_pool(prm_config)
+        else:
+            pool = actor_pool
+        model = config.actor_rollout_ref.model
+        tok_path = model.get("tokenizer_path") or model.get("local_path") or model.path
+        wg = create_prm_worker_group(prm_config, tok_path, pool, name_prefix="prm")
+        return cls(wg, prm_config, prior_mean=prior_mean)
+
+    def score(self, batch, data, segment_ids: torch.Tensor, correct: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-token PRM scores ``(B, L)`` for the rows of ``data`` (same order as ``batch.keys``)."""
+        import transfer_queue as tq
+
+        from verl_prpo.prm.scoring import prm_metrics, questions_from_batch
+        from verl_prpo.prm.worker import compute_prm_scores_with_group
+
+        meta = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=["raw_prompt", "extra_info"])
+        raw_prompts = list(meta["raw_prompt"]) if "raw_prompt" in meta.keys() else None
+        extra_infos = list(meta["extra_info"]) if "extra_info" in meta.keys() else None
+        questions = questions_from_batch(raw_prompts, extra_infos)
+        b = data.batch
+        scores, stats = compute_prm_scores_with_group(
+            self.worker_group, b["responses"], b["response_mask"], segment_ids, questions,
+            prior_mean=self.prior_mean)
+        metrics = prm_metrics(scores, b["response_mask"], stats, correct)
+        if stats.get("truncated_segments"):
+            logger.warning("PRM: %d segments did not fit prm.max_length=%d and got the prior mean %.3f",
+                           stats["truncated_segments"], self.config.max_length, self.prior_mean)
+        return scores, metrics
+
+
