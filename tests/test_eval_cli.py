@@ -174,3 +174,46 @@ def test_settings_validation(eval_files, tmp_path, capsys):
     assert cli_main(["--model", "x", "--data", str(tmp_path / "missing.parquet"), "--n", "1",
                      "--out-dir", str(tmp_path), "--backend", "hf"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_vllm_path_with_a_stand_in_module(tiny_model, eval_files, monkeypatch, tmp_path):
+    """vLLM is not installable here: check our calls against a stand-in with vLLM's interface (LLM, SamplingParams,
+    RequestOutput.outputs[j].text / token_ids / finish_reason)."""
+    import sys
+    import types
+
+    calls = {}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            calls["sampling"] = kw
+            self.n = kw["n"]
+
+    class LLM:
+        def __init__(self, **kw):
+            calls["llm"] = kw
+
+        def generate(self, prompts, params):
+            calls["prompts"] = prompts
+            out = []
+            for i, _ in enumerate(prompts):
+                comps = [types.SimpleNamespace(text=f"\\boxed{{{i + j}}}", token_ids=[1, 2, 3], finish_reason="stop")
+                         for j in range(params.n)]
+                out.append(types.SimpleNamespace(outputs=comps))
+            return out
+
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams, fake.__version__ = LLM, SamplingParams, "0.0-standin"
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+
+    settings = EvalSettings(model=str(tiny_model), data_files=[eval_files[1]], n=2, ks=[1, 2], temperature=0.6,
+                            top_p=0.9, max_new_tokens=16, seed=5, backend="vllm")
+    report = run_evaluation(settings, tmp_path / "v", progress=False)
+    assert report["settings"]["backend_used"] == "vllm"
+    assert calls["llm"]["model"] == str(tiny_model) and calls["llm"]["seed"] == 5
+    assert calls["sampling"] == {"n": 2, "temperature": 0.6, "top_p": 0.9, "top_k": -1, "repetition_penalty": 1.0,
+                                 "max_tokens": 16, "seed": 5}
+    assert all(isinstance(p["prompt_token_ids"], list) and p["prompt_token_ids"] for p in calls["prompts"])
+    # amc23 rows 0-2 have answers 27, 36, 45: the stand-in answers 0..3 are all wrong, but found
+    m = report["datasets"]["amc23"]
+    assert m["answer_found"] == 1.0 and m["pass@2"] == 0.0 and m["mean_response_tokens"] == 3.0
