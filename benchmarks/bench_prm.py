@@ -1,0 +1,140 @@
+"""PRM scoring cost: PRM tokens per policy response token, and throughput, on CPU with a tiny local PRM.
+
+Compares
+  * ``one pass, packed``   — ours: all segments of a response in ONE forward, responses packed by a token budget;
+  * ``one pass / response``— ours without packing (budget = max_length, one forward per response);
+  * ``naive per segment``  — one PRM call per segment that re-feeds the question and every earlier segment
+    (the prefix) each time, reading the score at the last separator.
+
+Usage: ``python benchmarks/bench_prm.py [--responses 32 --response-len 512 --segments 6 --hidden-size 64]``.
+Numbers depend on the machine and its load; the token ratios do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _responses(policy_tok, n: int, length: int, n_segments: int, seed: int):
+    """Arithmetic solution text tokenised with the policy tokenizer, cut into equal segments, EOS at the end."""
+    from verl_prpo.assets import arithmetic_problems
+
+    rng = random.Random(seed)
+    rows = arithmetic_problems(n * 8 + 50, seed=seed)
+    questions, responses, seg_ids = [], [], []
+    for i in range(n):
+        text = ""
+        while len(policy_tok(text, add_special_tokens=False)["input_ids"]) < length:
+            text += rng.choice(rows)["solution"] + "\n\n"
+        ids = policy_tok(text, add_special_tokens=False)["input_ids"][: length - 1] + [policy_tok.eos_token_id]
+        cuts = [round(j * length / n_segments) for j in range(n_segments)] + [length]
+        sid = torch.empty(length, dtype=torch.long)
+        for s in range(n_segments):
+            sid[cuts[s]: cuts[s + 1]] = s
+        questions.append(rows[i]["problem"])
+        responses.append(torch.tensor(ids))
+        seg_ids.append(sid)
+    return questions, torch.stack(responses), torch.ones(n, length, dtype=torch.long), torch.stack(seg_ids)
+
+
+def _time(fn, repeats: int):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--responses", type=int, default=32)
+    p.add_argument("--response-len", type=int, default=512)
+    p.add_argument("--segments", type=int, default=6, help="segments per response (k + 1)")
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--adapter", default="auto", choices=["auto", "qwen_math_prm", "token_classification"])
+    p.add_argument("--max-tokens-per-batch", type=int, default=16384)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default; 1 is steadier on a shared machine)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from transformers import AutoTokenizer
+
+    from verl_prpo.assets import build_prm, build_tiny_assets
+    from verl_prpo.prm import PRMConfig, load_prm, score_batch, segment_texts
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_prm_"))
+    assets = build_tiny_assets(tmp / "tiny")
+    # the tokenizer as the trainer loads it (from the policy model directory)
+    policy_tok = AutoTokenizer.from_pretrained(assets.policy_dir)
+    prm_dir = assets.prm_dir
+    if (args.hidden_size, args.num_layers) != (64, 2):
+        prm_dir = tmp / "prm_big"
+        build_prm(prm_dir, policy_tok, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    questions, responses, mask, seg = _responses(policy_tok, args.responses, args.response_len, args.segments,
+                                                 args.seed)
+    response_tokens = int(mask.sum())
+    max_length = 4096
+    base = dict(enable=True, model_path=str(prm_dir), adapter=args.adapter, max_length=max_length)
+    packed = load_prm(PRMConfig(**base, max_tokens_per_batch=max(args.max_tokens_per_batch, max_length)), "cpu")
+    unpacked = load_prm(PRMConfig(**base, max_tokens_per_batch=max_length), "cpu")
+    # force one response per forward: the budget equals the longest single input
+    texts = segment_texts(policy_tok, responses, mask, seg)
+    longest = max(len(packed.build_inputs(q, s).input_ids) for q, s in zip(questions, texts))
+    unpacked.max_tokens_per_batch = longest
+
+    rows = []
+    for name, adapter in (("one pass, packed", packed), ("one pass / response", unpacked)):
+        t, (_, stats) = _time(lambda a=adapter: score_batch(a, policy_tok, responses, mask, seg, questions),
+                              args.repeats)
+        rows.append((name, stats["model_calls"], stats["prm_tokens"], stats["padded_tokens"], t))
+
+    def naive():
+        calls = tokens = 0
+        for q, segs in zip(questions, texts):
+            for s in range(1, len(segs) + 1):
+                x = packed.build_inputs(q, segs[:s])
+                packed.score([q], [segs[:s]])
+                calls += 1
+                tokens += len(x.input_ids)
+        return calls, tokens
+
+    t, (calls, tokens) = _time(naive, max(1, args.repeats - 1))
+    rows.append(("naive per segment", calls, tokens, tokens, t))
+
+    # where the PRM tokens of one response come from (means over responses)
+    n = len(questions)
+    template = len(packed.build_inputs("", []).input_ids)
+    question = sum(len(packed._encode(q)) for q in questions) / n
+    sep = len(packed._encode(packed.step_separator)) * args.segments
+    total = rows[0][2] / n
+    breakdown = (f"per response: {total:.0f} PRM tokens = template {template} + question {question:.0f} + "
+                 f"separators {sep} + segment text {total - template - question - sep:.0f} "
+                 f"(policy response tokens {response_tokens / n:.0f}, EOS excluded from the text)")
+
+    print(f"PRM {prm_dir.name} (hidden {args.hidden_size}, {args.num_layers} layers, adapter {packed.kind}), "
+          f"{args.responses} responses x {args.response_len} tokens, {args.segments} segments each, "
+          f"torch threads {torch.get_num_threads()}")
+    header = (f"{'method':<22}{'forwards':>9}{'PRM tok/resp tok':>18}{'padded tok/resp tok':>21}"
+              f"{'seconds':>10}{'responses/s':>13}{'PRM tokens/s':>14}{'resp tokens/s':>15}")
+    print(header)
+    print("-" * len(header))
+    for name, calls, prm_tokens, padded, t in rows:
+        print(f"{name:<22}{calls:>9}{prm_tokens / response_tokens:>18.3f}{padded / response_tokens:>21.3f}"
+              f"{t:>10.3f}{args.responses / t:>13.1f}{prm_tokens / t:>14.0f}{response_tokens / t:>15.0f}")
+    print(breakdown)
+
+
+if __name__ == "__main__":
+    main()
