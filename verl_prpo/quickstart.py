@@ -24,7 +24,7 @@ ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg")
 
 def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR, steps: int = 2,
                   out_dir: Path | str | None = None, extra: list[str] | None = None,
-                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+                  metrics_file: Path | str | None = None, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
     """The ``main_ppo`` command line and environment of a CPU-mode run (assets are built if missing)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -47,6 +47,11 @@ def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR,
     ]
     if estimator in ("prpo", "prm_avg"):
         overrides += ["prm.enable=true", f"prm.model_path={a.prm_dir}", "prm.adapter=token_classification"]
+    if metrics_file is not None:
+        # verl's "file" logger writes one JSON line per step to VERL_FILE_LOGGER_PATH (read in the TaskRunner)
+        metrics_file = str(Path(metrics_file).resolve())
+        overrides += ["trainer.logger=[console,file]",
+                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
     if estimator == "prl":
         overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
     cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
@@ -55,6 +60,8 @@ def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR,
     env["VERL_PLATFORM"] = "cpu"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_DEDUP_LOGS", "1")
+    if metrics_file is not None:
+        env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
     return cmd, env
 
 
@@ -69,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--assets", default=str(DEFAULT_CACHE_DIR), help="where the tiny assets are built/cached")
     p.add_argument("--out", default=None, help="run folder (checkpoints)")
+    p.add_argument("--metrics-file", default=None, help="also write verl's per-step metrics as JSON lines here")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args = p.parse_args(argv)
-    cmd, env = build_command(args.estimator, assets_dir=args.assets, steps=args.steps, out_dir=args.out, extra=extra)
+    cmd, env = build_command(args.estimator, assets_dir=args.assets, steps=args.steps, out_dir=args.out, extra=extra,
+                             metrics_file=args.metrics_file)
     print("VERL_PLATFORM=cpu " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     if args.dry_run:
         return 0
