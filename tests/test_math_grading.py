@@ -182,19 +182,21 @@ def test_math_verify_timeout_is_caught(monkeypatch):
 
 def test_works_in_threads():
     """Off the main thread math-verify's signal-based timeout must be disabled (it would raise ValueError)."""
-    results = []
+    results: dict[int, list[bool]] = {}
 
-    def work():
-        results.append(is_equivalent("0.5", "\\frac{1}{2}"))
-        results.append(grade("so \\boxed{\\frac{2}{4}}", "0.5").correct)
-        results.append(is_equivalent("0.6", "\\frac{1}{2}"))
+    def work(i):
+        results[i] = [
+            is_equivalent("0.5", "\\frac{1}{2}"),
+            grade("so \\boxed{\\frac{2}{4}}", "0.5").correct,
+            is_equivalent("0.6", "\\frac{1}{2}"),
+        ]
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [True, True, False] * 4
+    assert results == {i: [True, True, False] for i in range(4)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
