@@ -29,7 +29,9 @@ Common rules:
   needed); if it still does not fit, the segments that do not fit are dropped from the end. A dropped segment gets
   the explicit ``fallback`` score (the prior mean, 0.5 by default) and is counted in ``stats["truncated_segments"]``;
   whatever room the kept segments leave goes back to the end of the question. The PRM is causal, so the kept
-  segments' scores do not depend on the dropped ones. Never a silent 0.
+  segments' scores do not depend on the dropped ones. Never a silent 0. (Qwen: a truncated input is assembled from
+  separately tokenised pieces — template head, question, segments, template tail — so a token boundary can differ
+  from tokenising the whole string; inputs that fit always use the whole-string reference tokenisation.)
 * An empty segment list gives an empty score list and no model call.
 * A NaN score or one outside [0, 1] raises ``ValueError`` naming the response index.
 """
