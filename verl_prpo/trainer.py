@@ -85,6 +85,24 @@ def ensure_reference_policy(config: DictConfig) -> bool:
     return True
 
 
+def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
+    """How far the process estimator moved the advantage from verl's GRPO on the same batch.
+
+    ``adv/mean_abs_diff_vs_grpo`` is the token-mean of |A - A_grpo| over valid tokens: 0 means the process signal
+    changed nothing (for PRPO: every PRM score at the prior mean and no beta normalisation difference).
+    """
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    mask = data.batch["response_mask"].bool()
+    if not mask.any():
+        return {}
+    grpo, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=data.batch["token_level_rewards"], response_mask=data.batch["response_mask"],
+        index=data.non_tensor_batch["uid"])
+    diff = (advantages.float() - grpo.float()).abs()[mask]
+    return {"adv/mean_abs_diff_vs_grpo": float(diff.mean())}
+
+
 @register_trainer(TRAINER_MODE)
 class PRPOTrainerSync(PPOTrainerSync):
     """Synchronous V1 trainer that feeds the process-reward estimators (see the module docstring)."""
@@ -173,6 +191,7 @@ class PRPOTrainerSync(PPOTrainerSync):
         data.batch["advantages"] = advantages
         data.batch["returns"] = returns
         metrics.update(est_metrics)
+        metrics.update(grpo_comparison_metrics(advantages, data))
 
         # 5. write back (same fields as upstream)
         out_fields = ["advantages", "returns"]
