@@ -59,6 +59,13 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
         typed["estimator"] = from_algorithm_config(config.algorithm, "prpo")
     elif name in ("prl", "spro"):
         typed["estimator"] = from_algorithm_config(config.algorithm, name)
+    rc_cfg = config.algorithm.get("rollout_correction", None)
+    if name in PRM_ESTIMATORS and typed["estimator"].segmentation == "entropy" and rc_cfg is not None \
+            and rc_cfg.get("bypass_mode", False):
+        raise ValueError(
+            "algorithm.prpo.segmentation=entropy needs the rollout policy's entropy, which verl does not compute "
+            "with algorithm.rollout_correction.bypass_mode=true: turn bypass mode off or choose another "
+            "algorithm.prpo.segmentation.")
     if name in PRM_ESTIMATORS and not typed["prm"].enable:
         logger.warning(
             "algorithm.adv_estimator=%s with prm.enable=false: PRM scores must be supplied in the batch under "
