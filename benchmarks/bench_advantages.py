@@ -3,7 +3,13 @@
 Batch: 1024 responses x 4096 tokens, groups of 8 (uids shuffled over the batch), random lengths in [1, 4096].
 Each row of the table is the median wall time over ``--repeats`` interleaved rounds (after one warm-up) and its
 ratio to ``grpo`` (``core_algos.compute_grpo_outcome_advantage``). ``prpo`` includes the entropy segmentation and the
-broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmentation.
+broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmentation; ``prm_avg`` and ``spro`` are
+the estimators alone.
+
+On CPU most of the cost of these memory-bound kernels is the first touch of freshly allocated (B, L) buffers (glibc
+hands allocations of 32 MB and more straight to mmap, so every int64 (B, L) tensor page-faults). PyTorch's
+``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for large CPU allocations) removes most of it; the header says
+whether it was set.
 
     python benchmarks/bench_advantages.py [--batch 1024] [--length 4096] [--group 8] [--repeats 7] [--threads N]
 """
@@ -11,6 +17,7 @@ broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmen
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -51,9 +58,10 @@ def run_prpo(b: dict) -> torch.Tensor:
 
 
 def run_prm_avg(b: dict) -> torch.Tensor:
-    seg = segment("entropy", b["response_mask"], entropy=b["entropy"], k=5, m=10)
-    prm = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
-    return E.compute_prm_avg_advantage(b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=prm)[0]
+    # the estimator alone: per-token PRM scores as the trainer hands them over (built once, outside the timing)
+    return E.compute_prm_avg_advantage(
+        b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=b["prm_scores"]
+    )[0]
 
 
 def run_prl(b: dict) -> torch.Tensor:
@@ -98,10 +106,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     b = make_batch(args.batch, args.length, args.group)
+    seg = segment("entropy", b["response_mask"], entropy=b["entropy"], k=5, m=10)
+    b["prm_scores"] = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro}
     times = measure(runs, b, args.repeats)
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     print(f"batch {args.batch} x {args.length}, group {args.group}, CPU, {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved rounds\n")
+          f"{args.repeats} interleaved rounds, THP_MEM_ALLOC_ENABLE={thp}\n")
     print("| estimator | median ms | ratio of medians to grpo | median of per-round ratios |")
     print("|---|---:|---:|---:|")
     g = times["grpo"]

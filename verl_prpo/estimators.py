@@ -24,6 +24,7 @@ from verl.trainer.ppo.core_algos import register_adv_est
 
 from verl_prpo.config import from_algorithm_config
 from verl_prpo.ops import (
+    all_finite,
     check_finite,
     group_ids,
     group_mean_std,
@@ -72,15 +73,16 @@ class _Inputs:
                 f"{name}: response_mask has shape {tuple(response_mask.shape)}, token_level_rewards "
                 f"{tuple(token_level_rewards.shape)}"
             )
-        # R is the unmasked row sum (as verl), so a NaN anywhere in the rewards would reach it
-        check_finite("token_level_rewards", token_level_rewards)
         self.name = name
         self.rewards = token_level_rewards.detach().float()
+        # R_i is the unmasked row sum (as verl); a finite sum means a finite row, so check (B,) values, not (B, L)
+        self.R = self.rewards.sum(-1)
+        if not bool(torch.isfinite(self.R).all()):
+            check_finite("token_level_rewards", token_level_rewards)
+            raise ValueError("token_level_rewards: the per-response sum R overflows to inf")
         device = self.rewards.device
-        # float32 0/1 mask; never written to (it may be the caller's tensor)
+        # float32 0/1 mask (the contract's values); never written to: it may be the caller's tensor
         self.maskf = response_mask.to(device=device, dtype=torch.float32)
-        if response_mask.dtype not in (torch.bool, torch.float32):
-            self.maskf = (self.maskf != 0).float()  # any non-zero int counts as valid
         self._mask = None
         gid, num_groups = group_ids(index, expected_len=token_level_rewards.shape[0])
         self.gid, self.num_groups = gid.to(device), num_groups
@@ -93,14 +95,15 @@ class _Inputs:
             self._mask = self.maskf != 0
         return self._mask
 
-    def extra(self, field: str, x: torch.Tensor) -> torch.Tensor:
+    def extra(self, field: str, x: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Shape/finite check of an extra (B, L) input; float32, detached. Values outside the mask are finite but
-        arbitrary: callers multiply by the mask before summing."""
+        arbitrary: callers multiply by the mask before summing. ``check=False`` skips the finite check (the caller
+        checks a result derived from ``x`` and calls again with the check if that fails)."""
         if x.shape != self.maskf.shape:
             raise ValueError(f"{field} has shape {tuple(x.shape)}, expected {tuple(self.maskf.shape)} like response_mask")
-        all_finite = check_finite(field, x, self.mask)
+        finite = not check or all_finite(x) or check_finite(field, x, self.mask)  # masked check only if needed
         x = x.detach().to(device=self.maskf.device, dtype=torch.float32)
-        if not all_finite:
+        if not finite:
             # NaN/inf only outside the mask: replace them (NaN * 0 would still be NaN)
             x = torch.where(self.mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         return x
@@ -108,7 +111,7 @@ class _Inputs:
     def outcome(self, norm_by_std: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(A_out (B,), beta (B,)) of ``ops.outcome_advantage`` with this call's groups."""
         return outcome_advantage(
-            self.rewards, self.maskf, self.index, norm_by_std=norm_by_std, eps=eps, groups=(self.gid, self.num_groups)
+            self.R[:, None], self.maskf, self.index, norm_by_std=norm_by_std, eps=eps, groups=(self.gid, self.num_groups)
         )
 
 
@@ -131,8 +134,12 @@ def _log_prob_diff(inp: _Inputs, old_log_probs, ref_log_prob) -> torch.Tensor:
         raise _missing_input(inp.name, "old_log_probs", ref_hint)
     if ref_log_prob is None:
         raise _missing_input(inp.name, "ref_log_prob", ref_hint)
-    d = inp.extra("old_log_probs", old_log_probs) - inp.extra("ref_log_prob", ref_log_prob)
-    return d.mul_(inp.maskf)
+    old, ref = inp.extra("old_log_probs", old_log_probs, check=False), inp.extra("ref_log_prob", ref_log_prob, check=False)
+    d = (old - ref).mul_(inp.maskf)
+    if not all_finite(d):  # one check on d instead of one per input; NaN/inf in either input shows up here
+        old, ref = inp.extra("old_log_probs", old_log_probs), inp.extra("ref_log_prob", ref_log_prob)
+        d = (old - ref).mul_(inp.maskf)
+    return d
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -170,10 +177,11 @@ def _prm_scores(inp: _Inputs, prm_scores: torch.Tensor | None) -> torch.Tensor:
     """The (B, L) PRM probabilities, checked: present, finite and in [0, 1] on valid tokens."""
     if prm_scores is None:
         raise _missing_input(inp.name, "prm_scores", " and enable the PRM (prm.enable=true)")
-    p = inp.extra("prm_scores", prm_scores)
+    p = inp.extra("prm_scores", prm_scores, check=False)
     if p.numel():
-        lo, hi = torch.aminmax(p)  # one pass; the exact masked check only if something is off somewhere
-        if float(lo) < 0.0 or float(hi) > 1.0:
+        lo, hi = torch.aminmax(p)  # one pass for both checks: NaN fails both comparisons, inf the second
+        if not (float(lo) >= 0.0 and float(hi) <= 1.0):
+            p = inp.extra("prm_scores", prm_scores)  # the masked finite check (and NaN outside the mask zeroed)
             bad = inp.mask & ((p < 0) | (p > 1))
             if bool(bad.any()):
                 vals = p[bad]
@@ -234,8 +242,13 @@ def compute_prpo_advantage(
         a_out, beta = inp.outcome(norm_by_std=True, eps=cfg.eps)
         if cfg.beta_norm == "std":
             beta = a_out
+        z_mean = None
         if cfg.normalization == "fixed":
-            z = torch.sub(p, cfg.mu).div_(cfg.sigma)
+            # A = (p - mu) / sigma + shift, masked, in two kernels: shift' + p * m / sigma, then * m (m * m = m)
+            shift = (beta if cfg.outcome_shift else torch.zeros_like(beta)) - cfg.mu / cfg.sigma
+            adv = torch.addcmul(shift[:, None], p, maskf, value=1.0 / cfg.sigma).mul_(maskf)
+            if metrics is not None:
+                z_mean = (masked_mean_std(p, maskf)[0] - cfg.mu) / cfg.sigma if float(maskf.sum()) else 0.0
         else:
             # token-weighted statistics of p over every valid token of the group (the paper's relative ablation)
             n_tok = maskf.sum(-1)
@@ -246,10 +259,10 @@ def compute_prpo_advantage(
             # a single valid token: the unbiased std is undefined; 1 keeps z = 0 there (p equals the mean)
             g_std = torch.where(g_cnt >= 2, (g_sq / (g_cnt - 1.0).clamp(min=1.0)).sqrt(), torch.ones_like(g_sq))
             z.div_(g_std.index_select(0, gid).add_(cfg.eps)[:, None])
-        if metrics is not None:
-            z_mean = masked_mean_std(z, maskf)[0]
-        adv = z.add_(beta[:, None]) if cfg.outcome_shift else z  # z is ours: finish in place
-        adv.mul_(maskf)
+            if metrics is not None:
+                z_mean = masked_mean_std(z, maskf)[0]
+            adv = z.add_(beta[:, None]) if cfg.outcome_shift else z  # z is ours: finish in place
+            adv.mul_(maskf)
 
     if metrics is not None:
         if segment_ids is not None:
@@ -309,7 +322,7 @@ def compute_prm_avg_advantage(
             logger.warning("prm_avg: %d empty response(s) have no PRM score; using mu=%.4g as their mean", n_empty,
                            cfg.mu)
         pbar = torch.where(empty, torch.full_like(n_tok, cfg.mu), _rowdot(p, maskf) / n_tok.clamp(min=1.0))
-        r_prime = inp.rewards.sum(-1) + pbar
+        r_prime = inp.R + pbar
         mean, std, _ = group_mean_std(r_prime, inp.gid, inp.num_groups)
         scores = r_prime - mean[inp.gid]
         if norm_by_std:
@@ -361,6 +374,21 @@ def _prl_steps_from_ids(d: torch.Tensor, seg: torch.Tensor, inp: _Inputs, kl_sco
     return per_step.gather(1, seg.clamp(min=0)).mul_(inp.maskf)
 
 
+def _block_last_valid(bm: torch.Tensor) -> torch.Tensor:
+    """(B, S) index + 1 of the last valid position of each (B, S, s) mask block (0 for an empty block).
+
+    Without a (B, L) temporary in the usual case: with c ones in a block, their positions sum to c (c - 1) / 2 exactly
+    when they are the first c positions, and then the last one is c - 1. Count and position sum are a view-sum and a
+    mat-vec product; only a block with holes sends the batch to the general (mask * position).amax.
+    """
+    pos = torch.arange(bm.shape[-1], device=bm.device, dtype=torch.float32)
+    count = bm.sum(-1)
+    moment = torch.matmul(bm, pos)  # exact: integers below 2**24
+    if bool(torch.equal(moment, count * (count - 1) / 2)):
+        return count
+    return (bm * (pos + 1)).amax(-1)
+
+
 def _prl_fixed(d: torch.Tensor, a_out: torch.Tensor, inp: _Inputs, step_len: int, eta: float, kl_scope: str):
     """rho for ``fixed`` steps without materialising step ids: step l is positions [l*s, (l+1)*s), so the (B, L)
     tensors are viewed as (B, S, s) blocks (plus a tail block when s does not divide L).
@@ -385,8 +413,7 @@ def _prl_fixed(d: torch.Tensor, a_out: torch.Tensor, inp: _Inputs, step_len: int
     if kl_scope == "step_end":
         lasts = []
         for bd, bm in zip(blocks_d, blocks_m):
-            pos1 = torch.arange(1, bm.shape[-1] + 1, device=d.device, dtype=torch.float32)
-            last1 = (bm * pos1).amax(-1)  # last valid position in the block + 1; 0 if none
+            last1 = _block_last_valid(bm)  # last valid position in the block + 1; 0 if none
             idx = (last1 - 1).clamp_(min=0).long().unsqueeze(-1)
             lasts.append(bd.gather(2, idx).squeeze(-1) * (last1 > 0))
         d_last = torch.cat(lasts, dim=1)
@@ -397,7 +424,7 @@ def _prl_fixed(d: torch.Tensor, a_out: torch.Tensor, inp: _Inputs, step_len: int
         torch.mul(val[:, :n_full, None], blocks_m[0], out=rho[:, :L0].unflatten(1, (n_full, s)))
     if tail:
         torch.mul(val[:, n_full:], maskf[:, L0:], out=rho[:, L0:])
-    n_steps = (torch.cat([bm.amax(-1) for bm in blocks_m], dim=1) > 0).sum(-1)
+    n_steps = (torch.cat([bm.sum(-1) for bm in blocks_m], dim=1) > 0).sum(-1)
     return rho, n_steps
 
 
@@ -449,7 +476,7 @@ def compute_prl_advantage(
 
     with torch.no_grad():
         if cfg.variant == "process_first":
-            r = inp.rewards.sum(-1)
+            r = inp.R
             kl_to_go = d.flip(-1).cumsum_(-1).flip(-1)  # sum_{j >= t} d_j (d is 0 outside the mask)
             adv = torch.sub(r[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(maskf)
         else:

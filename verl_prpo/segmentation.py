@@ -69,29 +69,44 @@ def _lengths_f(maskf: torch.Tensor) -> torch.Tensor:
     return (maskf * pos1).amax(dim=-1)
 
 
-def _from_start_map(starts_f: torch.Tensor, maskf: torch.Tensor) -> Segmentation:
-    """Segmentation from a float (B, L) map with 1.0 at every segment start (position 0 included, none >= L_i)."""
-    # id of a valid token = number of starts at or before it - 1; -1 outside the mask: (cumsum * m) - 1
-    seg = starts_f.cumsum(dim=-1).mul_(maskf).sub_(1.0).long()
-    starts = starts_f != 0
-    return Segmentation(segment_ids=seg, starts=starts, num_segments=starts_f.sum(dim=-1).long())
+def _ids_from_start_map(
+    starts_f: torch.Tensor, mask: torch.Tensor, num_segments: torch.Tensor, starts: torch.Tensor | None = None
+) -> Segmentation:
+    """Segmentation from a float (B, L) map with 1.0 at every segment start (position 0 included, none >= L_i).
+
+    ``starts_f`` is a scratch buffer: it is overwritten (the running count is built in place). ``starts`` is the same
+    map as bool if the caller has it.
+    """
+    if starts is None:
+        starts = starts_f != 0
+    # id of a valid token = number of starts at or before it - 1; -1 outside the mask
+    counts = starts_f.cumsum_(dim=-1).sub_(1.0)
+    seg = torch.where(mask, counts, torch.full((), -1.0, device=counts.device), out=counts).long()
+    return Segmentation(segment_ids=seg, starts=starts, num_segments=num_segments)
 
 
-def _start_map_from_cuts(cuts: torch.Tensor, ok: torch.Tensor, lengths: torch.Tensor, L: int) -> torch.Tensor:
-    """(B, k) cut positions with a (B, k) validity flag -> (B, L) float start map (duplicates collapse)."""
-    B = cuts.shape[0]
-    out = torch.zeros(B, L + 1, dtype=torch.float32, device=cuts.device)
-    # invalid cuts go to a dummy column L, dropped below
-    target = torch.where(ok, cuts, torch.full_like(cuts, L)).clamp(0, L)
-    out.scatter_(1, target, 1.0)
-    out[:, 0] = (lengths > 0).float()
-    return out[:, :L]
+def _cuts_into(buf: torch.Tensor, cuts: torch.Tensor, ok: torch.Tensor, nonempty: torch.Tensor):
+    """Write the (B, L) float start map of (B, k) cut positions (all >= 1 where ``ok``) into ``buf``; return the same
+    map as a new bool tensor and the (B,) number of segments (duplicate cuts collapse)."""
+    buf.zero_()
+    # invalid cuts write 0 at position 0 (valid cuts are >= 1, so nothing else lands there), then position 0 is set
+    target = torch.where(ok, cuts, torch.zeros_like(cuts))
+    buf.scatter_(1, target, ok.float())
+    buf[:, 0] = nonempty.float()
+    starts = torch.zeros(buf.shape, dtype=torch.bool, device=buf.device).scatter_(1, target, ok)
+    starts[:, 0] = nonempty
+    # segments = distinct valid cuts + 1, counted on the (B, k) cuts rather than on the (B, L) map
+    srt = torch.where(ok, cuts, torch.zeros_like(cuts)).sort(dim=-1).values
+    first_of_run = torch.ones_like(srt, dtype=torch.bool)
+    first_of_run[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    distinct = (first_of_run & (srt > 0)).sum(-1)
+    return starts, torch.where(nonempty, distinct + 1, torch.zeros_like(distinct))
 
 
 _BLOCK = 64  # block size of the greedy search (block maxima make each pick O(B * (L / 64 + 64)))
 
 
-def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     """Greedy top-k selection with a minimum gap m, vectorised over rows (loop over the k picks only).
 
     Position c is eligible when ``mask[c]`` and ``c >= m`` and no accepted pick lies within ``m - 1`` of it; each pick
@@ -105,7 +120,8 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int) -
         k: number of picks. m: minimum gap.
 
     Returns:
-        cuts ``(B, k)`` long and ok ``(B, k)`` bool (False once a row ran out of eligible positions).
+        cuts ``(B, k)`` long, ok ``(B, k)`` bool (False once a row ran out of eligible positions), and the float
+        scratch buffer used (``(B, >= L)``; its content is garbage), for reuse.
     """
     B, L = priority.shape
     bs = _BLOCK
@@ -134,7 +150,7 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int) -
         bids = (first + touch).clamp_(max=nb - 1)  # (B, n_touch)
         fresh = blocks[rows[:, None], bids].amax(dim=-1)  # (B, n_touch)
         bmax.scatter_(1, bids, fresh)
-    return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
+    return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1), work
 
 
 def segment(
@@ -168,10 +184,10 @@ def segment(
     if response_mask.dim() != 2:
         raise ValueError(f"response_mask must be (B, L), got shape {tuple(response_mask.shape)}")
     mask = valid_mask(response_mask)
-    maskf = mask.float()
     B, L = mask.shape
     device = mask.device
-    lengths = _lengths_f(maskf).long()
+    # amax over the bytes of the bool mask: a vectorised any()
+    nonempty = mask.view(torch.uint8).amax(dim=-1) > 0 if L else torch.zeros(B, dtype=torch.bool, device=device)
 
     if strategy in ("entropy", "random"):
         if int(k) < 1 or int(m) < 1:
@@ -190,15 +206,21 @@ def segment(
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             priority = torch.rand(B, L, generator=gen).to(device)
         # eligible: valid token (so c < L_i) at position >= m
-        cuts, ok = _greedy_spikes(priority, mask, int(k), int(m))
-        return _from_start_map(_start_map_from_cuts(cuts, ok, lengths, L), maskf)
+        cuts, ok, work = _greedy_spikes(priority, mask, int(k), int(m))
+        starts_f = work[:, :L]  # reuse the scratch buffer: one (B, L) float allocation less
+        starts, num = _cuts_into(starts_f, cuts, ok, nonempty)
+        return _ids_from_start_map(starts_f, mask, num, starts)
+    maskf = mask.float()
+    lengths = _lengths_f(maskf).long()
     if strategy == "uniform":
         if int(k) < 1:
             raise ValueError(f"uniform segmentation needs k >= 1, got k={k}")
         j = torch.arange(1, int(k) + 1, device=device)
         cuts = torch.div(j[None, :] * lengths[:, None], int(k) + 1, rounding_mode="floor")
         ok = (cuts >= 1) & (cuts < lengths[:, None])
-        return _from_start_map(_start_map_from_cuts(cuts, ok, lengths, L), maskf)
+        starts_f = torch.empty(B, L, dtype=torch.float32, device=device)
+        starts, num = _cuts_into(starts_f, cuts, ok, nonempty)
+        return _ids_from_start_map(starts_f, mask, num, starts)
     if strategy == "fixed":
         s = int(step_len)
         if s < 1:
@@ -228,7 +250,7 @@ def segment(
     starts_f[:, 0] = (lengths > 0).float()
     pos = torch.arange(L, device=device)
     starts_f *= pos[None, :] < lengths[:, None]  # no start at or past L_i
-    return _from_start_map(starts_f, maskf)
+    return _ids_from_start_map(starts_f, mask, starts_f.sum(dim=-1).long())
 
 
 def segmentation_from_ids(segment_ids: torch.Tensor, response_mask: torch.Tensor) -> Segmentation:
@@ -271,13 +293,18 @@ def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) ->
             f"{tuple(segment_ids.shape)}"
         )
     seg = segment_ids.to(scores.device)
-    if seg.numel() and int(seg.max()) >= scores.shape[1]:
-        raise ValueError(f"segment id {int(seg.max())} has no score (scores has {scores.shape[1]} columns)")
-    # column 0 holds the 0 of the tokens outside the mask: index = id + 1, no validity pass (int32: half the memory)
-    padded = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], dim=1)
+    B, S = scores.shape
+    # column 0 of each row holds the 0 of the tokens outside the mask, so the flat index is
+    # row * (S + 1) + id + 1 with no validity pass; int32 and index_select keep every temporary at 4 bytes a token
+    padded = torch.cat([scores.new_zeros(B, 1), scores], dim=1).reshape(-1)
+    offsets = torch.arange(1, B * (S + 1) + 1, S + 1, dtype=torch.int32, device=seg.device)[:, None]
     idx = seg.to(torch.int32)
-    idx = idx + 1 if idx is seg else idx.add_(1)  # never write into the caller's tensor
-    return padded.gather(1, idx)
+    if idx.numel():
+        lo, hi = torch.aminmax(idx)  # on the int32 copy: half the bytes of the int64 ids
+        if int(hi) >= S or int(lo) < -1:
+            raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{int(lo)}, {int(hi)}]")
+    idx = idx + offsets if idx is seg else idx.add_(offsets)  # never write into the caller's tensor
+    return padded.index_select(0, idx.reshape(-1)).view(seg.shape)
 
 
 def build_newline_token_mask(tokenizer: Any, vocab_size: int | None = None) -> torch.Tensor:
