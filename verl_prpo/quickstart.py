@@ -54,8 +54,12 @@ def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR,
                       f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
     if estimator == "prl":
         overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
+    # an override given in ``extra`` replaces the quickstart's own value for the same key
+    extra = list(extra or [])
+    extra_keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
+    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in extra_keys]
     cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
-           *overrides, *(extra or [])]
+           *overrides, *extra]
     env = dict(os.environ)
     env["VERL_PLATFORM"] = "cpu"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
