@@ -19,7 +19,7 @@ setup(
     extras_require={
         # GPU users: rollout with vLLM, flash attention. Not installable on CPU-only machines.
         "gpu": ["vllm", "flash-attn"],
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7"],
         "plots": ["matplotlib>=3.7"],
     },
     entry_points={
