@@ -223,3 +223,13 @@ def test_masked_mean_std():
     assert ops.masked_mean_std(x, torch.zeros(2, 3)) == (0.0, 0.0)
     assert ops.masked_mean_std(torch.tensor([[5.0]]), torch.ones(1, 1)) == (5.0, 0.0)
     assert math.isfinite(ops.masked_mean_std(torch.randn(3, 4))[1])
+
+
+@pytest.mark.parametrize("block_bytes", [1, 40, 4 << 20])
+def test_sub_group_rows_in_blocks(block_bytes):
+    x = torch.arange(30, dtype=torch.float32).view(6, 5)
+    table = torch.tensor([[1.0] * 5, [10.0] * 5, [100.0] * 5])
+    gid = torch.tensor([2, 0, 1, 1, 0, 2])
+    expected = [[x[i, t].item() - table[gid[i], t].item() for t in range(5)] for i in range(6)]
+    out = ops.sub_group_rows_(x, table, gid, block_bytes=block_bytes)
+    assert out is x and x.tolist() == expected

@@ -32,6 +32,7 @@ from verl_prpo.ops import (
     masked_cumsum,
     masked_mean_std,
     outcome_advantage,
+    sub_group_rows_,
     valid_mask,
 )
 
@@ -561,7 +562,7 @@ def compute_spro_advantage(
         count = cpr.new_zeros(num_groups, cpr.shape[1]).index_add_(0, gid, maskf)
         mean = total.div_(count.clamp(min=1.0))
         # a lone response at t: the mean is its own CPR exactly, so its MSA is exactly 0
-        msa = cpr.sub_(mean.index_select(0, gid)).mul_(maskf)
+        msa = sub_group_rows_(cpr, mean, gid).mul_(maskf)
         if cfg.msa_norm == "std":
             sq = msa.new_zeros(num_groups, msa.shape[1]).index_add_(0, gid, msa * msa)
             std = torch.where(count >= 2.0, sq.div_((count - 1.0).clamp_(min=1.0)).sqrt_(), torch.zeros_like(sq))

@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "valid_mask",
     "masked_mean_std",
+    "sub_group_rows_",
 ]
 
 
@@ -236,6 +237,33 @@ def group_position_stats(
     var = _scatter_sum(dev.mul_(dev), gid, num_groups) / (count - 1.0).clamp(min=1.0)
     std = torch.where(count >= 2.0, var.sqrt(), torch.zeros_like(var))
     return total, count, mean, std
+
+
+def sub_group_rows_(x: torch.Tensor, table: torch.Tensor, gid: torch.Tensor, block_bytes: int = 4 << 20) -> torch.Tensor:
+    """In place: ``x[i] -= table[gid[i]]`` for every row i.
+
+    Args:
+        x: ``(B, L)`` float, modified in place and returned.
+        table: ``(G, L)`` per-group rows (e.g. the per-position group means).
+        gid: ``(B,)`` long group numbers.
+        block_bytes: size of the gathered operand per step.
+
+    ``x - table[gid]`` would materialise a second (B, L) tensor; on CPU its first touch (page faults) costs more than
+    the arithmetic. The gathered rows go through one small reused buffer instead, a few thousand rows at a time (a
+    loop over row blocks, not over responses).
+    """
+    B, L = x.shape
+    if B == 0 or L == 0:
+        return x
+    rows = max(1, min(B, block_bytes // (L * x.element_size())))
+    buf = table.new_empty(rows, L)
+    gid = gid.to(table.device)
+    for start in range(0, B, rows):
+        stop = min(B, start + rows)
+        part = buf[: stop - start]
+        torch.index_select(table, 0, gid[start:stop], out=part)
+        x[start:stop].sub_(part)
+    return x
 
 
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:

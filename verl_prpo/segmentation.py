@@ -294,17 +294,27 @@ def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) ->
         )
     seg = segment_ids.to(scores.device)
     B, S = scores.shape
-    # column 0 of each row holds the 0 of the tokens outside the mask, so the flat index is
-    # row * (S + 1) + id + 1 with no validity pass; int32 and index_select keep every temporary at 4 bytes a token
-    padded = torch.cat([scores.new_zeros(B, 1), scores], dim=1).reshape(-1)
-    offsets = torch.arange(1, B * (S + 1) + 1, S + 1, dtype=torch.int32, device=seg.device)[:, None]
-    idx = seg.to(torch.int32)
-    if idx.numel():
-        lo, hi = torch.aminmax(idx)  # on the int32 copy: half the bytes of the int64 ids
+    L = seg.shape[1]
+    if seg.numel():
+        lo, hi = torch.aminmax(seg)
         if int(hi) >= S or int(lo) < -1:
             raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{int(lo)}, {int(hi)}]")
-    idx = idx + offsets if idx is seg else idx.add_(offsets)  # never write into the caller's tensor
-    return padded.index_select(0, idx.reshape(-1)).view(seg.shape)
+    out = scores.new_empty(B, L)
+    if out.numel() == 0:
+        return out
+    # column 0 of each row holds the 0 of the tokens outside the mask, so the flat index is row * (S + 1) + id + 1:
+    # no validity pass. The int32 index is built a block of rows at a time in a small reused buffer (a full (B, L)
+    # index would cost a fresh allocation and its page faults, more than the gather itself).
+    padded = torch.cat([scores.new_zeros(B, 1), scores], dim=1).reshape(-1)
+    offsets = torch.arange(1, B * (S + 1) + 1, S + 1, dtype=torch.int32, device=seg.device)[:, None]
+    rows = max(1, min(B, (4 << 20) // (4 * L)))
+    idx = torch.empty(rows, L, dtype=torch.int32, device=seg.device)
+    for start in range(0, B, rows):
+        stop = min(B, start + rows)
+        part = idx[: stop - start]
+        part.copy_(seg[start:stop]).add_(offsets[start:stop])
+        torch.index_select(padded, 0, part.view(-1), out=out[start:stop].view(-1))
+    return out
 
 
 def build_newline_token_mask(tokenizer: Any, vocab_size: int | None = None) -> torch.Tensor:
