@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# PRPO ablation on Qwen2.5-Math-1.5B: process-only advantage (no outcome shift).
+# Config: recipes/prpo_ablations/prpo_process_only.yaml (paper values and their sources are commented there).
+#
+#   bash recipes/prpo_ablations/run_process_only.sh [--dry-run] [hydra overrides...]
+#
+# Prepares nothing: data must already be in DATA_DIR (recipes/README.md, "Data"). Environment, with defaults:
+#   MODEL_PATH=Qwen/Qwen2.5-Math-1.5B
+#   PRM_PATH=Qwen/Qwen2.5-Math-PRM-7B
+#   DATA_DIR=<repo>/data/prepared/prpo   (MATH minus MATH500 + MATH500/AMC23/AIME24/AIME25, TEMPLATE=prpo)
+#   NNODES=1  GPUS_PER_NODE=8  (trainer nodes/GPUs; scripts/slurm/ray_on_slurm.sbatch sets them)
+#   CKPT_DIR, LOG_DIR, PYTHON: see recipes/common.sh
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../common.sh
+source "$HERE/../common.sh"
+
+MODEL_PATH="${MODEL_PATH:-Qwen/Qwen2.5-Math-1.5B}"
+PRM_PATH="${PRM_PATH:-Qwen/Qwen2.5-Math-PRM-7B}"
+DATA_DIR="${DATA_DIR:-$RECIPES_REPO_ROOT/data/prepared/prpo}"
+
+recipe_launch "$HERE" prpo_process_only \
+  "data.train_files=$(hq "$DATA_DIR/math_train.parquet")" \
+  "data.val_files=$(hlist "$DATA_DIR"/{math500,amc23,aime24,aime25}.parquet)" \
+  "actor_rollout_ref.model.path=$(hq "$MODEL_PATH")" \
+  "prm.model_path=$(hq "$PRM_PATH")" \
+  -- "$@"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# SPRO (arXiv 2507.01551) in the GRPO baseline's setting on Qwen2.5-Math-1.5B (no PRM).
+# Config: recipes/spro/spro_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
+#
+#   bash recipes/spro/run_spro.sh [--dry-run] [hydra overrides...]
+#
+# Prepares nothing: data must already be in DATA_DIR (recipes/README.md, "Data"). Environment, with defaults:
+#   MODEL_PATH=Qwen/Qwen2.5-Math-1.5B
+#   (no PRM: PRM_PATH is ignored)
+#   DATA_DIR=<repo>/data/prepared/prpo   (the GRPO baseline's data: MATH minus MATH500 + MATH500/AMC23/AIME24/AIME25, TEMPLATE=prpo)
+#   NNODES=1  GPUS_PER_NODE=8  (trainer nodes/GPUs; scripts/slurm/ray_on_slurm.sbatch sets them)
+#   CKPT_DIR, LOG_DIR, PYTHON: see recipes/common.sh
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../common.sh
+source "$HERE/../common.sh"
+
+MODEL_PATH="${MODEL_PATH:-Qwen/Qwen2.5-Math-1.5B}"
+DATA_DIR="${DATA_DIR:-$RECIPES_REPO_ROOT/data/prepared/prpo}"
+
+recipe_launch "$HERE" spro_qwen2.5-math-1.5b \
+  "data.train_files=$(hq "$DATA_DIR/math_train.parquet")" \
+  "data.val_files=$(hlist "$DATA_DIR"/{math500,amc23,aime24,aime25}.parquet)" \
+  "actor_rollout_ref.model.path=$(hq "$MODEL_PATH")" \
+  -- "$@"
