@@ -181,6 +181,11 @@ def test_group_position_stats_matches_loops(b):
     x, mask, uids = b["x"], b["mask"], list(b["uids"])
     gid, G = ops.group_ids(b["uids"])
     total, count, mean, std = ops.group_position_stats(x, mask, gid, G)
+    xm = x * mask
+    t2, c2, m2, s2 = ops.group_position_stats(xm, mask.float(), gid, G, with_std=False, x_is_masked=True)
+    assert s2 is None and torch.equal(c2, count)
+    torch.testing.assert_close(m2, mean)
+    assert torch.equal(xm, x * mask)  # input untouched
     B, L = x.shape
     for i in range(B):
         g = int(gid[i])

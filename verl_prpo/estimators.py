@@ -29,11 +29,9 @@ from verl_prpo.ops import (
     group_ids,
     group_mean_std,
     group_position_stats,
-    masked_cumsum,
     masked_mean_std,
     outcome_advantage,
     sub_group_rows_,
-    valid_mask,
 )
 
 logger = logging.getLogger(__name__)
@@ -558,14 +556,12 @@ def compute_spro_advantage(
         cpr = d.mul_(cfg.beta_s).cumsum_(-1).mul_(maskf)  # 0 outside the mask
         if metrics is not None:
             cpr_mean = masked_mean_std(cpr, maskf)[0]
-        total = cpr.new_zeros(num_groups, cpr.shape[1]).index_add_(0, gid, cpr)
-        count = cpr.new_zeros(num_groups, cpr.shape[1]).index_add_(0, gid, maskf)
-        mean = total.div_(count.clamp(min=1.0))
-        # a lone response at t: the mean is its own CPR exactly, so its MSA is exactly 0
+        _, _, mean, std = group_position_stats(
+            cpr, maskf, gid, num_groups, with_std=cfg.msa_norm == "std", x_is_masked=True
+        )
+        # a lone response at t: the mean is its own CPR exactly, so its MSA is exactly 0 (and 0 / (0 + eps) = 0)
         msa = sub_group_rows_(cpr, mean, gid).mul_(maskf)
-        if cfg.msa_norm == "std":
-            sq = msa.new_zeros(num_groups, msa.shape[1]).index_add_(0, gid, msa * msa)
-            std = torch.where(count >= 2.0, sq.div_((count - 1.0).clamp_(min=1.0)).sqrt_(), torch.zeros_like(sq))
+        if std is not None:
             msa.div_(std.add_(cfg.eps).index_select(0, gid))
         if metrics is not None:
             msa_stats = masked_mean_std(msa, maskf)

@@ -67,7 +67,8 @@ def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = No
     n_bad = int(bad.sum())
     if n_bad:
         first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} has {n_bad} NaN/inf value(s) on valid positions (first at index {first})")
+        where = " on valid positions" if mask is not None else ""
+        raise ValueError(f"{name} has {n_bad} NaN/inf value(s){where} (first at index {first})")
     return bool(torch.isfinite(tensor).all())
 
 
@@ -209,33 +210,43 @@ def masked_cumsum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def group_position_stats(
-    x: torch.Tensor, mask: torch.Tensor, gid: torch.Tensor, num_groups: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    gid: torch.Tensor,
+    num_groups: int,
+    *,
+    with_std: bool = True,
+    x_is_masked: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-group, per-position statistics over the responses alive at t (``mask[k, t]`` true).
 
     sum_{g,t} = sum_{k in g, alive at t} x_{k,t},  n_{g,t} = #{k in g alive at t},  mean = sum / n,
-    std_{g,t} = sqrt( sum_{k in g, alive} (x_{k,t} - mean_{g,t})^2 / (n_{g,t} - 1) ).
+    std_{g,t} = sqrt( sum_{k in g, alive} (x_{k,t} - mean_{g,t})^2 / (n_{g,t} - 1) )   (unbiased).
 
     Args:
         x: ``(B, L)`` float.
-        mask: ``(B, L)`` 0/1 or bool.
+        mask: ``(B, L)`` 0/1 or bool (a float mask of x's dtype is used as is).
         gid: ``(B,)`` long group numbers.
         num_groups: G.
+        with_std: compute the std (one more pass and a (B, L) temporary); None is returned otherwise.
+        x_is_masked: ``x`` is already 0 outside the mask (skips a masked copy).
 
     Returns:
         sum, count, mean, std, each ``(G, L)`` float. Where n = 0 the mean is 0; where n < 2 the std is 0 (undefined;
         callers divide ``0 / (0 + eps)`` there).
     """
     gid = gid.to(x.device)
-    valid = valid_mask(mask)
-    m = valid.to(x.dtype)
-    xm = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    m = mask if mask.dtype == x.dtype else valid_mask(mask).to(x.dtype)
+    xm = x if x_is_masked else torch.where(valid_mask(mask), x, torch.zeros((), dtype=x.dtype, device=x.device))
     total = _scatter_sum(xm, gid, num_groups)
     count = _scatter_sum(m, gid, num_groups)
     mean = total / count.clamp(min=1.0)
-    dev = xm.sub_(mean.index_select(0, gid)).mul_(m)  # xm is ours: reuse its memory
-    var = _scatter_sum(dev.mul_(dev), gid, num_groups) / (count - 1.0).clamp(min=1.0)
-    std = torch.where(count >= 2.0, var.sqrt(), torch.zeros_like(var))
+    std = None
+    if with_std:
+        dev = xm.clone() if xm is x else xm  # never write into the caller's tensor
+        sub_group_rows_(dev, mean, gid).mul_(m)
+        var = _scatter_sum(dev.mul_(dev), gid, num_groups) / (count - 1.0).clamp(min=1.0)
+        std = torch.where(count >= 2.0, var.sqrt(), torch.zeros_like(var))
     return total, count, mean, std
 
 

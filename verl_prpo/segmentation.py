@@ -186,8 +186,14 @@ def segment(
     mask = valid_mask(response_mask)
     B, L = mask.shape
     device = mask.device
+    if L == 0:  # nothing to cut (entropy etc. are still validated below for L > 0 only)
+        return Segmentation(
+            segment_ids=torch.empty(B, 0, dtype=torch.long, device=device),
+            starts=torch.empty(B, 0, dtype=torch.bool, device=device),
+            num_segments=torch.zeros(B, dtype=torch.long, device=device),
+        )
     # amax over the bytes of the bool mask: a vectorised any()
-    nonempty = mask.view(torch.uint8).amax(dim=-1) > 0 if L else torch.zeros(B, dtype=torch.bool, device=device)
+    nonempty = mask.view(torch.uint8).amax(dim=-1) > 0
 
     if strategy in ("entropy", "random"):
         if int(k) < 1 or int(m) < 1:
