@@ -17,7 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from verl_prpo.assets import DEFAULT_CACHE_DIR, build_tiny_assets
+# the quickstart is CPU mode by definition; set before verl is imported so this process resolves the cpu platform too
+os.environ.setdefault("VERL_PLATFORM", "cpu")
+
+from verl_prpo.assets import DEFAULT_CACHE_DIR, build_tiny_assets  # noqa: E402
 
 ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg")
 
