@@ -26,6 +26,7 @@ from verl_prpo.config import from_algorithm_config
 from verl_prpo.ops import (
     all_finite,
     check_finite,
+    empty_buffer,
     group_ids,
     group_mean_std,
     group_position_stats,
@@ -81,7 +82,9 @@ class _Inputs:
             raise ValueError("token_level_rewards: the per-response sum R overflows to inf")
         device = self.rewards.device
         # float32 0/1 mask (the contract's values); never written to: it may be the caller's tensor
-        self.maskf = response_mask.to(device=device, dtype=torch.float32)
+        self.maskf = response_mask.to(device)
+        if self.maskf.dtype != torch.float32:
+            self.maskf = empty_buffer(self.maskf.shape, torch.float32, device).copy_(self.maskf)
         self._mask = None
         gid, num_groups = group_ids(index, expected_len=token_level_rewards.shape[0])
         self.gid, self.num_groups = gid.to(device), num_groups
@@ -134,10 +137,10 @@ def _log_prob_diff(inp: _Inputs, old_log_probs, ref_log_prob) -> torch.Tensor:
     if ref_log_prob is None:
         raise _missing_input(inp.name, "ref_log_prob", ref_hint)
     old, ref = inp.extra("old_log_probs", old_log_probs, check=False), inp.extra("ref_log_prob", ref_log_prob, check=False)
-    d = (old - ref).mul_(inp.maskf)
+    d = torch.sub(old, ref, out=empty_buffer(old.shape, torch.float32, old.device)).mul_(inp.maskf)
     if not all_finite(d):  # one check on d instead of one per input; NaN/inf in either input shows up here
         old, ref = inp.extra("old_log_probs", old_log_probs), inp.extra("ref_log_prob", ref_log_prob)
-        d = (old - ref).mul_(inp.maskf)
+        torch.sub(old, ref, out=d).mul_(inp.maskf)
     return d
 
 
@@ -245,7 +248,8 @@ def compute_prpo_advantage(
         if cfg.normalization == "fixed":
             # A = (p - mu) / sigma + shift, masked, in two kernels: shift' + p * m / sigma, then * m (m * m = m)
             shift = (beta if cfg.outcome_shift else torch.zeros_like(beta)) - cfg.mu / cfg.sigma
-            adv = torch.addcmul(shift[:, None], p, maskf, value=1.0 / cfg.sigma).mul_(maskf)
+            adv = empty_buffer(p.shape, torch.float32, p.device)
+            torch.addcmul(shift[:, None], p, maskf, value=1.0 / cfg.sigma, out=adv).mul_(maskf)
             if metrics is not None:
                 z_mean = (masked_mean_std(p, maskf)[0] - cfg.mu) / cfg.sigma if float(maskf.sum()) else 0.0
         else:
@@ -326,7 +330,7 @@ def compute_prm_avg_advantage(
         scores = r_prime - mean[inp.gid]
         if norm_by_std:
             scores = scores / (std[inp.gid] + cfg.eps)
-        adv = scores[:, None] * maskf
+        adv = torch.mul(scores[:, None], maskf, out=empty_buffer(maskf.shape, torch.float32, maskf.device))
 
     if metrics is not None:
         metrics["prm_avg/prm_mean/mean"] = float(pbar[~empty].double().mean()) if n_empty < pbar.numel() else 0.0
@@ -418,7 +422,7 @@ def _prl_fixed(d: torch.Tensor, a_out: torch.Tensor, inp: _Inputs, step_len: int
         d_last = torch.cat(lasts, dim=1)
     per_step = _select_scope(step_sum, d_last, kl_scope)
     val = torch.sub(a_out[:, None], per_step, alpha=1.0 / eta)  # (B, S): rho is constant within a step
-    rho = torch.empty_like(d)
+    rho = empty_buffer(d.shape, d.dtype, d.device)
     if n_full:
         torch.mul(val[:, :n_full, None], blocks_m[0], out=rho[:, :L0].unflatten(1, (n_full, s)))
     if tail:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from verl_prpo.ops import check_finite, valid_mask
+from verl_prpo.ops import check_finite, empty_buffer, valid_mask
 
 __all__ = ["Segmentation", "STRATEGIES", "segment", "build_newline_token_mask", "broadcast_segment_scores",
            "response_lengths", "segmentation_from_ids"]
@@ -81,7 +81,8 @@ def _ids_from_start_map(
         starts = starts_f != 0
     # id of a valid token = number of starts at or before it - 1; -1 outside the mask
     counts = starts_f.cumsum_(dim=-1).sub_(1.0)
-    seg = torch.where(mask, counts, torch.full((), -1.0, device=counts.device), out=counts).long()
+    torch.where(mask, counts, torch.full((), -1.0, device=counts.device), out=counts)
+    seg = empty_buffer(counts.shape, torch.long, counts.device).copy_(counts)
     return Segmentation(segment_ids=seg, starts=starts, num_segments=num_segments)
 
 
@@ -127,7 +128,7 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     bs = _BLOCK
     nb = max(1, -(-L // bs))
     neg_inf = torch.full((), float("-inf"), dtype=torch.float32, device=priority.device)
-    work = torch.empty(B, nb * bs, dtype=torch.float32, device=priority.device)
+    work = empty_buffer((B, nb * bs), torch.float32, priority.device)
     work[:, L:] = float("-inf")
     torch.where(mask, priority, neg_inf, out=work[:, :L])
     work[:, : min(m, L)] = float("-inf")
@@ -224,7 +225,7 @@ def segment(
         j = torch.arange(1, int(k) + 1, device=device)
         cuts = torch.div(j[None, :] * lengths[:, None], int(k) + 1, rounding_mode="floor")
         ok = (cuts >= 1) & (cuts < lengths[:, None])
-        starts_f = torch.empty(B, L, dtype=torch.float32, device=device)
+        starts_f = empty_buffer((B, L), torch.float32, device)
         starts, num = _cuts_into(starts_f, cuts, ok, nonempty)
         return _ids_from_start_map(starts_f, mask, num, starts)
     if strategy == "fixed":
@@ -305,7 +306,7 @@ def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) ->
         lo, hi = torch.aminmax(seg)
         if int(hi) >= S or int(lo) < -1:
             raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{int(lo)}, {int(hi)}]")
-    out = scores.new_empty(B, L)
+    out = empty_buffer((B, L), scores.dtype, scores.device)
     if out.numel() == 0:
         return out
     # column 0 of each row holds the 0 of the tokens outside the mask, so the flat index is row * (S + 1) + id + 1:
