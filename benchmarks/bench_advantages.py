@@ -6,10 +6,11 @@ ratio to ``grpo`` (``core_algos.compute_grpo_outcome_advantage``). ``prpo`` incl
 broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmentation; ``prm_avg`` and ``spro`` are
 the estimators alone.
 
-On CPU most of the cost of these memory-bound kernels is the first touch of freshly allocated (B, L) buffers (glibc
-hands allocations of 32 MB and more straight to mmap, so every int64 (B, L) tensor page-faults). PyTorch's
-``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for large CPU allocations) removes most of it; the header says
-whether it was set.
+On CPU much of the cost of these memory-bound kernels is the first touch of freshly allocated (B, L) buffers (one
+page fault per 4 KiB); ``verl_prpo.ops.empty_buffer`` asks for transparent huge pages for the large buffers the
+estimators allocate themselves. PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` does that for every allocation (grpo's too); the
+header says whether it was set. On a machine shared with other jobs, use ``--threads 1``: with more threads than free
+cores every parallel kernel waits for its slowest thread.
 
     python benchmarks/bench_advantages.py [--batch 1024] [--length 4096] [--group 8] [--repeats 7] [--threads N]
 """
