@@ -14,7 +14,6 @@ setup(
     install_requires=[
         "verl[verl-core]==0.9.1",
         "math-verify>=0.7",
-        "hypothesis>=6",
     ],
     extras_require={
         # GPU users: rollout with vLLM, flash attention. Not installable on CPU-only machines.
