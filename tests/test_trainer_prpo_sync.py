@@ -132,7 +132,7 @@ def _make_trainer(adv: str) -> PRPOTrainerSync:
     t.config = OmegaConf.create({
         "algorithm": _algorithm_node(adv),
         "actor_rollout_ref": {"rollout": {"n": 3}, "actor": {"use_kl_loss": True, "kl_loss_coef": 0.0}},
-        "prm": {"enable": False},
+        "prm": {"enable": False, "scores_from_batch": True},  # scores come from TransferQueue in these tests
     })
     t.adv_name = adv
     t.plugin_config = validate_plugin_config(t.config)
@@ -464,7 +464,10 @@ def test_prpo_trainer_yaml_composes(composed):
     assert cfg.prm.enable is False
     # verl's ppo_trainer is underneath
     assert "actor_rollout_ref" in cfg and "rollout_correction" in cfg.algorithm
-    typed = validate_plugin_config(cfg)
+    # prpo with the PRM off and no batch scores cannot train: a start-up error that says what to set
+    with pytest.raises(ValueError, match="prm.enable=true"):
+        validate_plugin_config(cfg)
+    typed = validate_plugin_config(_config(composed, **{"prm.scores_from_batch": True}))
     assert typed["estimator"].k == 5 and typed["prm"].enable is False
 
 
@@ -474,12 +477,12 @@ def test_prpo_trainer_cpu_yaml_composes(composed):
     assert cfg.actor_rollout_ref.rollout.name == "hf"
     assert cfg.trainer.v1.trainer_mode == "prpo_sync"
     assert cfg.algorithm.prpo.k == 5
-    validate_plugin_config(cfg)
+    validate_plugin_config(_config(composed, "prpo_trainer_cpu", **{"prm.enable": True, "prm.model_path": "/x"}))
 
 
 @pytest.mark.parametrize("adv", ["prpo", "prm_avg", "prl", "spro", "grpo"])
 def test_defaults_validate(composed, adv):
-    typed = validate_plugin_config(_config(composed, **{"algorithm.adv_estimator": adv}))
+    typed = validate_plugin_config(_config(composed, **{"algorithm.adv_estimator": adv, "prm.scores_from_batch": True}))
     expected = {"prpo": "PRPOConfig", "prm_avg": "PRPOConfig", "prl": "PRLConfig", "spro": "SPROConfig", "grpo": None}
     assert (type(typed["estimator"]).__name__ if typed["estimator"] is not None else None) == expected[adv]
 
@@ -543,7 +546,7 @@ def test_constructor_makes_the_reference_policy_only_for_prl_and_spro(composed, 
     built = []
     monkeypatch.setattr(PPOTrainerSync, "__init__", lambda self, config: built.append(config))
     cfg = _config(composed, **{"algorithm.adv_estimator": adv, "actor_rollout_ref.actor.use_kl_loss": False,
-                               "actor_rollout_ref.actor.kl_loss_coef": 0.001})
+                               "actor_rollout_ref.actor.kl_loss_coef": 0.001, "prm.scores_from_batch": True})
     t = PRPOTrainerSync(cfg)
     assert built == [cfg]  # validation ran first, then verl's constructor with the (adjusted) config
     assert t.adv_name == adv and t.prm_scorer is None

@@ -67,10 +67,13 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
             "with algorithm.rollout_correction.bypass_mode=true: turn bypass mode off or choose another "
             "algorithm.prpo.segmentation.")
     if name in PRM_ESTIMATORS and not typed["prm"].enable:
-        logger.warning(
-            "algorithm.adv_estimator=%s with prm.enable=false: PRM scores must be supplied in the batch under "
-            "the TransferQueue field '%s' (tests do this); set prm.enable=true and prm.model_path to score "
-            "segments with a process reward model.", name, PRM_SCORES_KEY)
+        if not typed["prm"].scores_from_batch:
+            raise ValueError(
+                f"algorithm.adv_estimator={name} needs PRM scores: set prm.enable=true and prm.model_path=<PRM> "
+                f"(e.g. Qwen/Qwen2.5-Math-PRM-7B), or prm.scores_from_batch=true if your pipeline writes per-token "
+                f"scores to the batch field '{PRM_SCORES_KEY}'.")
+        logger.warning("algorithm.adv_estimator=%s reads PRM scores from the batch field '%s' (prm.scores_from_batch)",
+                       name, PRM_SCORES_KEY)
     return typed
 
 

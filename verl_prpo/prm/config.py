@@ -55,6 +55,9 @@ class PRMConfig:
         nnodes, n_gpus_per_node: size of the PRM's own pool (``own_pool``).
         param_offload: keep the PRM parameters in CPU memory between scoring calls; None = True for ``colocate``,
             False for ``own_pool``.
+        scores_from_batch: with ``enable=false``, take per-token scores from the batch field ``prm_scores`` that
+            a custom pipeline (agent loop, reward manager) writes; without it, ``prpo``/``prm_avg`` with the PRM
+            disabled is a start-up error.
     """
 
     enable: bool = False
@@ -71,9 +74,10 @@ class PRMConfig:
     nnodes: int = 1
     n_gpus_per_node: int = 1
     param_offload: bool | None = None
+    scores_from_batch: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("enable", "trust_remote_code"):
+        for name in ("enable", "trust_remote_code", "scores_from_batch"):
             if not isinstance(getattr(self, name), bool):
                 raise _err(name, f"expected a boolean, got {getattr(self, name)!r}")
         if self.param_offload is not None and not isinstance(self.param_offload, bool):
