@@ -585,3 +585,26 @@ def test_import_verl_registers_everything_in_a_fresh_ray_worker(cluster):
     assert probe["pre"] == []
     assert "prpo_sync" in probe["trainers"]
     assert set(ESTIMATOR_NAMES) <= set(probe["estimators"])
+
+
+def test_grpo_comparison_metric_against_verls_grpo():
+    """adv/mean_abs_diff_vs_grpo is the token-mean |A - A_grpo| with verl's own GRPO as the reference."""
+    from verl import DataProto
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    from verl_prpo.trainer import grpo_comparison_metrics
+
+    B, L = 8, 6
+    mask = torch.ones(B, L)
+    mask[0, 3:] = 0
+    rewards = torch.zeros(B, L)
+    rewards[:, 2] = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0.0])
+    uid = np.array(list("abbacdcd"), dtype=object)
+    data = DataProto.from_dict(tensors={"response_mask": mask, "token_level_rewards": rewards},
+                               non_tensors={"uid": uid})
+    grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid)
+    assert grpo_comparison_metrics(grpo, data)["adv/mean_abs_diff_vs_grpo"] == pytest.approx(0.0, abs=1e-6)
+    shifted = grpo + 0.25 * mask
+    shifted[1, 0] += 1.0  # one token moved by 1 more: mean over the 45 valid tokens
+    expected = (0.25 * 45 + 1.0) / 45
+    assert grpo_comparison_metrics(shifted, data)["adv/mean_abs_diff_vs_grpo"] == pytest.approx(expected, rel=1e-5)

@@ -101,15 +101,15 @@ def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
     ``adv/mean_abs_diff_vs_grpo`` is the token-mean of |A - A_grpo| over valid tokens: 0 means the process signal
     changed nothing (for PRPO: every PRM score at the prior mean and no beta normalisation difference).
     """
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+    from verl_prpo.ops import outcome_advantage
 
     mask = data.batch["response_mask"].bool()
     if not mask.any():
         return {}
-    grpo, _ = compute_grpo_outcome_advantage(
-        token_level_rewards=data.batch["token_level_rewards"], response_mask=data.batch["response_mask"],
-        index=data.non_tensor_batch["uid"])
-    diff = (advantages.float() - grpo.float()).abs()[mask]
+    # verl's GRPO (unbiased std, eps 1e-6), vectorised; tests check ops.outcome_advantage against verl's function
+    a_out, _ = outcome_advantage(data.batch["token_level_rewards"], data.batch["response_mask"],
+                                 data.non_tensor_batch["uid"])
+    diff = (advantages.float() - a_out[:, None].to(advantages.device)).abs()[mask]
     return {"adv/mean_abs_diff_vs_grpo": float(diff.mean())}
 
 
