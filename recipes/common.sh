@@ -87,3 +87,24 @@ recipe_launch() {
   fi
   exec "${cmd[@]}"
 }
+
+# Launch a recipe in the PRPO paper's data setting: MATH minus MATH500 for training; MATH500, AMC23, AIME24 and
+# AIME25 for validation (GRPO, PRPO, PRM-Avg, the ablations and SPRO all use it, so they compare like for like).
+#   math_setting_launch <recipe dir> <config name> <default model> <prm|noprm> [-- user args...]
+# Reads MODEL_PATH, DATA_DIR (default <repo>/data/prepared/prpo) and, with "prm", PRM_PATH.
+math_setting_launch() {
+  local config_dir="$1" config_name="$2" default_model="$3" with_prm="$4"
+  shift 4
+  if [[ "${1:-}" == "--" ]]; then shift; fi
+  local model="${MODEL_PATH:-$default_model}"
+  local data="${DATA_DIR:-$RECIPES_REPO_ROOT/data/prepared/prpo}"
+  local -a args=(
+    "data.train_files=$(hq "$data/math_train.parquet")"
+    "data.val_files=$(hlist "$data"/{math500,amc23,aime24,aime25}.parquet)"
+    "actor_rollout_ref.model.path=$(hq "$model")"
+  )
+  if [[ "$with_prm" == "prm" ]]; then
+    args+=("prm.model_path=$(hq "${PRM_PATH:-Qwen/Qwen2.5-Math-PRM-7B}")")
+  fi
+  recipe_launch "$config_dir" "$config_name" "${args[@]}" -- "$@"
+}

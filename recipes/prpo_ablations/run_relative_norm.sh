@@ -15,13 +15,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../common.sh
 source "$HERE/../common.sh"
 
-MODEL_PATH="${MODEL_PATH:-Qwen/Qwen2.5-Math-1.5B}"
-PRM_PATH="${PRM_PATH:-Qwen/Qwen2.5-Math-PRM-7B}"
-DATA_DIR="${DATA_DIR:-$RECIPES_REPO_ROOT/data/prepared/prpo}"
-
-recipe_launch "$HERE" prpo_relative_norm \
-  "data.train_files=$(hq "$DATA_DIR/math_train.parquet")" \
-  "data.val_files=$(hlist "$DATA_DIR"/{math500,amc23,aime24,aime25}.parquet)" \
-  "actor_rollout_ref.model.path=$(hq "$MODEL_PATH")" \
-  "prm.model_path=$(hq "$PRM_PATH")" \
-  -- "$@"
+math_setting_launch "$HERE" prpo_relative_norm Qwen/Qwen2.5-Math-1.5B prm -- "$@"
