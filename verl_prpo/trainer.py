@@ -217,10 +217,7 @@ class PRPOTrainerSync(PPOTrainerSync):
 
     def _estimator_inputs(self, batch, data, metrics: dict) -> dict[str, Any]:
         """Everything the estimator needs beyond rewards, mask and uid."""
-        from verl_prpo.segmentation import segment
-
         b = data.batch
-        mask = b["response_mask"]
         kwargs: dict[str, Any] = {}
         for key in ("entropy", "old_log_probs", "ref_log_prob"):
             if key in b.keys():
@@ -228,25 +225,19 @@ class PRPOTrainerSync(PPOTrainerSync):
         cfg = self.plugin_config["estimator"]
 
         if self.adv_name == "prl":
-            kwargs["segment_ids"] = segment(
-                cfg.segmentation, mask, step_len=cfg.step_len,
-                newline_token_mask=self._newline_token_mask() if cfg.segmentation == "newline" else None,
-                responses=b["responses"] if "responses" in b.keys() else None,
-            ).segment_ids
+            kwargs["segment_ids"] = self._segment(b, cfg.segmentation, step_len=cfg.step_len).segment_ids
             return kwargs
         if self.adv_name not in PRM_ESTIMATORS:
             return kwargs
 
-        seg = segment(
-            cfg.segmentation, mask, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m, step_len=cfg.step_len,
-            seed=cfg.seed + int(self.global_steps),
-            newline_token_mask=self._newline_token_mask() if cfg.segmentation == "newline" else None,
-            responses=b["responses"] if "responses" in b.keys() else None,
-        )
+        seg = self._segment(b, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
+                            step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps))
         kwargs["segment_ids"] = seg.segment_ids
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
-            scores, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids, correct=b["token_level_rewards"].sum(-1) > 0)
+            # "correct" = positive outcome reward, for the PRM/outcome agreement metric
+            scores, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids,
+                                                        correct=b["token_level_rewards"].sum(-1) > 0)
             metrics["timing_s/prm"] = time.perf_counter() - t0
             metrics.update(prm_metrics)
             kwargs["prm_scores"] = scores
@@ -257,6 +248,15 @@ class PRPOTrainerSync(PPOTrainerSync):
                 f"algorithm.adv_estimator={self.adv_name} needs PRM scores: set prm.enable=true and prm.model_path=..., "
                 f"or put per-token scores in the batch under '{PRM_SCORES_KEY}'.")
         return kwargs
+
+    def _segment(self, b, strategy: str, **kwargs):
+        """``segmentation.segment`` on the batch; the newline strategy also gets the tokens and the tokenizer table."""
+        from verl_prpo.segmentation import segment
+
+        if strategy == "newline":
+            kwargs.update(newline_token_mask=self._newline_token_mask(),
+                          responses=b["responses"] if "responses" in b.keys() else None)
+        return segment(strategy, b["response_mask"], **kwargs)
 
     def _newline_token_mask(self) -> torch.Tensor:
         if self._newline_mask is None:

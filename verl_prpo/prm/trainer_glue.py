@@ -11,7 +11,6 @@ Placement (``prm.placement``):
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
