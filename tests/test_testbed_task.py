@@ -1,0 +1,91 @@
+"""The testbed's task: generator, solutions, noisy solver, step labels and grading, on hand-written cases."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from verl_prpo.testbed import task
+from verl_prpo.testbed.task import Problem
+
+P = Problem(7, (("add", 5), ("mul", 3), ("sub", 4)))
+
+
+def test_question_values_and_solution_text():
+    assert P.question == "Start with 7. Add 5. Multiply by 3. Subtract 4."
+    assert P.values == [12, 36, 32] and P.answer == 32
+    assert task.format_solution(P) == "7 + 5 = 12\n\n12 * 3 = 36\n\n36 - 4 = 32\n\nThe answer is \\boxed{32}"
+
+
+def test_step_labels_hand_cases():
+    lab = lambda text: task.step_labels(P, task.split_steps(text))  # noqa: E731
+    assert lab(task.format_solution(P)) == [True, True, True, True]
+    # a wrong result, then steps consistent with it: only the wrong step is wrong; the answer follows the last line
+    assert lab("7 + 5 = 13\n\n13 * 3 = 39\n\n39 - 4 = 35\n\nThe answer is \\boxed{35}") == [False, True, True, True]
+    # a miscopied operand: wrong, though its own arithmetic is right
+    assert lab("7 + 5 = 12\n\n11 * 3 = 33\n\n33 - 4 = 29\n\nThe answer is \\boxed{29}") == [True, False, True, True]
+    # the wrong operation (the problem says multiply by 3)
+    assert lab("7 + 5 = 12\n\n12 + 3 = 15\n\n15 - 4 = 11\n\nThe answer is \\boxed{11}") == [True, False, True, True]
+    # a boxed value that is not the last line's result
+    assert lab("7 + 5 = 12\n\n12 * 3 = 36\n\n36 - 4 = 32\n\nThe answer is \\boxed{33}") == [True, True, True, False]
+    # a skipped step: the next equation is not the 2nd operation, and the answer comes too early
+    assert lab("7 + 5 = 12\n\n12 - 4 = 8\n\nThe answer is \\boxed{8}") == [True, False, False]
+    # unparsable text and a step after the answer
+    assert lab("seven plus five\n\nThe answer is \\boxed{32}") == [False, False]
+    assert lab(task.format_solution(P) + "\n\n32 + 1 = 33") == [True, True, True, True, False]
+
+
+def test_outcome_grading():
+    assert task.is_correct(P, "36 - 4 = 32\n\nThe answer is \\boxed{32}")
+    assert not task.is_correct(P, "The answer is \\boxed{31}")
+    assert not task.is_correct(P, "no box here")
+    assert task.boxed_answer("\\boxed{1} then \\boxed{2}") == "2"
+
+
+def test_generator_keeps_values_in_range_and_is_seeded():
+    ps = task.problems(300, seed=3)
+    assert len({p.question for p in ps}) == 300
+    for p in ps:
+        assert 2 <= len(p.ops) <= 4
+        assert 2 <= p.start <= 9
+        assert all(0 <= v <= task.MAX_VALUE for v in p.values)
+        assert all((o in ("add", "sub") and 1 <= b <= 9) or (o == "mul" and b in (2, 3)) for o, b in p.ops)
+    assert task.problems(5, seed=3) == ps[:5]
+    held_out = {p.question for p in ps[:50]}
+    assert not held_out & {p.question for p in task.problems(200, seed=4, exclude=held_out)}
+
+
+def test_noisy_solver_errors_are_step_local_and_at_the_rate_asked():
+    rng = random.Random(0)
+    n_wrong = n_steps = 0
+    for p in task.problems(400, seed=5):
+        sol = task.noisy_solution(p, rng, 0.25)
+        labels = task.step_labels(p, task.split_steps(sol))
+        assert labels[-1]  # the answer always boxes the last stated value
+        n_wrong += labels.count(False)
+        n_steps += len(labels) - 1
+        assert task.is_correct(p, sol) == all(labels) or not all(labels)
+        values = [int(s.split(" = ")[1]) for s in task.split_steps(sol)[:-1]]
+        assert all(0 <= v <= task.MAX_VALUE for v in values)
+    assert 0.2 < n_wrong / n_steps < 0.3
+    # p_err = 0: the solver is exact
+    assert all(task.is_correct(p, task.noisy_solution(p, rng, 0.0)) for p in task.problems(50, seed=6))
+
+
+def test_corrupted_solutions_parse_and_contain_negatives():
+    rng = random.Random(1)
+    labels = [v for p in task.problems(300, seed=7) for v in task.step_labels(p, task.split_steps(
+        task.corrupt_solution(p, rng, 0.2)))]
+    assert 0.4 < sum(labels) / len(labels) < 0.8
+
+
+@pytest.mark.parametrize("text,expected", [("7 + 5 = 12\n\n12 * 3 = 36\n\n36 - 4 = 32\n\nThe answer is \\boxed{32}", 1.0),
+                                           ("36 - 4 = 31\n\nThe answer is \\boxed{31}", -1.0),
+                                           ("36 - 4 = 32", -1.0)])
+def test_prpo_reward_manager_grade_agrees_with_the_task(text, expected):
+    # the training reward (math-verify on the last \boxed{}) and the testbed's own evaluation agree
+    from verl_prpo.math_grading import grade
+
+    assert (1.0 if grade(text, "32").correct else -1.0) == expected
+    assert task.is_correct(P, text) == (expected > 0)
