@@ -1,16 +1,20 @@
-"""Quickstart: train a tiny policy with PRPO (or GRPO, PRL, SPRO, PRM-Avg) on this machine's CPU.
+"""Quickstart: watch a small policy learn multi-step arithmetic with PRPO (or GRPO, PRL, SPRO, PRM-Avg, PURE) on CPU.
 
-    python -m verl_prpo.quickstart --estimator prpo --steps 4
+    python -m verl_prpo.quickstart --estimator prpo --steps 20
 
-Builds the tiny local assets (tokenizer, random Qwen2 policy, random token-classification PRM, arithmetic data)
-once, then runs verl's own ``python -m verl.trainer.main_ppo`` in CPU mode with the plugin's ``prpo_trainer_cpu``
-config: rollout, reward, PRM worker group, old/ref log-probs, the estimator and the actor update, printing verl's
-per-step metrics. Anything after ``--`` is passed to Hydra unchanged (e.g. ``-- algorithm.prpo.k=3``).
+Builds the credit-assignment testbed once (``verl_prpo.testbed.build``: a tokenizer with single-digit tokens, a small
+Qwen2 policy trained on a noisy solver's solutions, a PRM trained on step labels; cached), then runs verl's own
+``python -m verl.trainer.main_ppo`` in CPU mode with the plugin's ``prpo_trainer_cpu`` config: rollout, the ``prpo``
+reward manager, the PRM worker group, old/ref log-probs, the estimator and the actor update. verl's validation
+measures held-out accuracy (sampled at the rollout temperature) before training and every ``--eval-every`` steps.
+At the end it prints a summary (start and final accuracy, reward, time per step) and writes a PNG of the curves.
+Anything after ``--`` is passed to Hydra unchanged (e.g. ``-- algorithm.prpo.k=3``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -20,17 +24,50 @@ from pathlib import Path
 # the quickstart is CPU mode by definition; set before verl is imported so this process resolves the cpu platform too
 os.environ.setdefault("VERL_PLATFORM", "cpu")
 
-from verl_prpo.assets import DEFAULT_CACHE_DIR, build_tiny_assets  # noqa: E402
+ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg", "pure")
+VAL_SAMPLES = 2  # held-out samples per problem in verl's validation
 
-ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg")
 
-
-def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR, steps: int = 2,
+def build_command(estimator: str, *, testbed_dir: Path | str | None = None, steps: int = 20, eval_every: int = 5,
                   out_dir: Path | str | None = None, extra: list[str] | None = None,
-                  metrics_file: Path | str | None = None, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
-    """The ``main_ppo`` command line and environment of a CPU-mode run (assets are built if missing)."""
+                  metrics_file: Path | str | None = None, seed: int = 0, assets_dir: Path | str | None = None,
+                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+    """The ``main_ppo`` command line and environment of a quickstart run (the testbed is built if missing).
+
+    With ``assets_dir`` the run uses the tiny random assets and the shaped toy reward instead (plumbing tests only).
+    """
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if assets_dir is not None:
+        return tiny_command(estimator, assets_dir=assets_dir, steps=steps, out_dir=out_dir, extra=extra,
+                            metrics_file=metrics_file, python=python)
+    from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
+    from verl_prpo.testbed.grid import train_command
+
+    tb = build_testbed(testbed_dir or DEFAULT_DIR)
+    out = Path(out_dir or tb.root / "runs" / estimator).resolve()
+    val = [
+        "trainer.val_before_train=true",
+        f"trainer.test_freq={eval_every}",
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+        f"actor_rollout_ref.rollout.val_kwargs.n={VAL_SAMPLES}",
+        "trainer.project_name=verl_prpo_quickstart",
+        f"trainer.experiment_name={estimator}",
+    ]
+    extra = list(extra or [])
+    keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
+    val = [v for v in val if v.split("=", 1)[0] not in keys]
+    return train_command(tb, estimator, seed=seed, steps=steps, out_dir=out, save_every=None,
+                         metrics_file=metrics_file, extra=val + extra, python=python)
+
+
+def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_dir: Path | str | None = None,
+                 extra: list[str] | None = None, metrics_file: Path | str | None = None,
+                 python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+    """A CPU-mode run on the tiny random assets (``verl_prpo.assets``) with the shaped toy reward: it exercises
+    the whole loop in seconds per step but learns nothing (the end-to-end plumbing tests use it)."""
+    from verl_prpo.assets import build_tiny_assets
     from verl_prpo.conf import CONFIG_DIR
     from verl_prpo.cpu import toy_reward
 
@@ -43,33 +80,78 @@ def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR,
         f"actor_rollout_ref.model.path={a.policy_dir}",
         f"trainer.total_training_steps={steps}",
         f"trainer.default_local_dir={out / 'checkpoints'}",
-        "trainer.project_name=verl_prpo_quickstart",
+        "trainer.project_name=verl_prpo_tiny",
         f"trainer.experiment_name={estimator}",
         f"reward.custom_reward_function.path={toy_reward.__file__}",
         "reward.custom_reward_function.name=compute_score",
     ]
-    if estimator in ("prpo", "prm_avg"):
+    if estimator in ("prpo", "prm_avg", "pure"):
         overrides += ["prm.enable=true", f"prm.model_path={a.prm_dir}", "prm.adapter=token_classification"]
-    if metrics_file is not None:
-        # verl's "file" logger writes one JSON line per step to VERL_FILE_LOGGER_PATH (read in the TaskRunner)
-        metrics_file = str(Path(metrics_file).resolve())
-        overrides += ["trainer.logger=[console,file]",
-                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
-    if estimator == "prl":
-        overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
-    # an override given in ``extra`` replaces the quickstart's own value for the same key
-    extra = list(extra or [])
-    extra_keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
-    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in extra_keys]
-    cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
-           *overrides, *extra]
     env = dict(os.environ)
     env["VERL_PLATFORM"] = "cpu"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_DEDUP_LOGS", "1")
     if metrics_file is not None:
-        env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
+        # verl's "file" logger writes one JSON line per step to VERL_FILE_LOGGER_PATH (read in the TaskRunner)
+        metrics_file = str(Path(metrics_file).resolve())
+        overrides += ["trainer.logger=[console,file]",
+                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
+        env["VERL_FILE_LOGGER_PATH"] = metrics_file
+    if estimator == "prl":
+        overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
+    extra = list(extra or [])
+    keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
+    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
+    cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
+           *overrides, *extra]
     return cmd, env
+
+
+def _val_key(data: dict) -> str | None:
+    keys = [k for k in data if k.startswith("val-core/") and "/acc/mean@" in k]
+    return keys[0] if keys else None
+
+
+def summarize(records: list[dict]) -> dict:
+    """Start/final held-out accuracy, first/last training reward and the mean time per step from verl's metrics."""
+    val = [(r["step"], r["data"][k]) for r in records if (k := _val_key(r["data"]))]
+    train = [r for r in records if "critic/score/mean" in r["data"]]
+    step_times = [r["data"]["timing_s/step"] for r in train if "timing_s/step" in r["data"]]
+    return {
+        "val_accuracy": val,
+        "start_accuracy": val[0][1] if val else None,
+        "final_accuracy": val[-1][1] if val else None,
+        "reward_first": train[0]["data"]["critic/score/mean"] if train else None,
+        "reward_last": train[-1]["data"]["critic/score/mean"] if train else None,
+        "reward": [(r["step"], r["data"]["critic/score/mean"]) for r in train],
+        "time_per_step_s": sum(step_times) / len(step_times) if step_times else None,
+        "steps": len(train),
+    }
+
+
+def plot_summary(summary: dict, path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    if summary["val_accuracy"]:
+        x, y = zip(*summary["val_accuracy"])
+        axes[0].plot(x, y, marker="o")
+    axes[0].set(title=f"held-out accuracy (sampled, T=1, mean@{VAL_SAMPLES})", xlabel="training step")
+    if summary["reward"]:
+        x, y = zip(*summary["reward"])
+        axes[1].plot(x, y)
+    axes[1].set(title="training reward (+1 correct / -1 wrong)", xlabel="training step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,18 +162,44 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimator", default="prpo", choices=ESTIMATORS)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--assets", default=str(DEFAULT_CACHE_DIR), help="where the tiny assets are built/cached")
-    p.add_argument("--out", default=None, help="run folder (checkpoints)")
-    p.add_argument("--metrics-file", default=None, help="also write verl's per-step metrics as JSON lines here")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps (and at step 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--testbed", default=None, help="where the testbed is built/cached (default ~/.cache/verl_prpo)")
+    p.add_argument("--out", default=None, help="run folder (metrics, curves)")
+    p.add_argument("--metrics-file", default=None, help="verl's per-step metrics as JSON lines (default: in --out)")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args = p.parse_args(argv)
-    cmd, env = build_command(args.estimator, assets_dir=args.assets, steps=args.steps, out_dir=args.out, extra=extra,
-                             metrics_file=args.metrics_file)
+    if not args.dry_run:
+        print("building the testbed on first use (a few minutes; cached afterwards) ...", flush=True)
+    from verl_prpo.testbed.build import DEFAULT_DIR
+
+    out = Path(args.out or Path(args.testbed or DEFAULT_DIR) / "runs" / args.estimator).resolve()
+    metrics_file = Path(args.metrics_file or out / "metrics.jsonl").resolve()
+    cmd, env = build_command(args.estimator, testbed_dir=args.testbed, steps=args.steps, eval_every=args.eval_every,
+                             out_dir=out, extra=extra, metrics_file=metrics_file, seed=args.seed)
     print("VERL_PLATFORM=cpu " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(cmd, env=env)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_file.unlink(missing_ok=True)
+    rc = subprocess.call(cmd, env=env, cwd=out)
+    if rc != 0:
+        return rc
+    from verl_prpo.testbed.grid import read_metrics
+
+    summary = summarize(read_metrics(metrics_file))
+    png = plot_summary(summary, out / "curves.png", f"quickstart: {args.estimator}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print("\n=== quickstart summary ===")
+    print(f"estimator            {args.estimator}, {summary['steps']} steps")
+    print(f"held-out accuracy    {fmt(summary['start_accuracy'])} -> {fmt(summary['final_accuracy'])} "
+          f"(sampled at T=1, mean@{VAL_SAMPLES} over {len(summary['val_accuracy'])} evaluations)")
+    print(f"training reward      {fmt(summary['reward_first'])} -> {fmt(summary['reward_last'])}")
+    print(f"time per step        {fmt(summary['time_per_step_s'])} s")
+    print(f"curves               {png}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,391 @@
+"""Build the testbed's assets once and cache them: tokenizer, SFT policy, trained PRM, verl parquet data.
+
+* **Tokenizer**: byte-level BPE in which every digit is its own token and ``"\\n\\n"`` is one token (so the
+  ``newline`` segmentation cuts at step boundaries), with the Qwen chat tokens and the ``<extra_0>`` separator.
+* **Policy**: a small Qwen2 causal LM trained from scratch on solutions of the noisy solver
+  (:func:`verl_prpo.testbed.task.noisy_solution`), so it starts at a moderate sampled accuracy with step-local
+  mistakes to fix.
+* **PRM**: a Qwen2 token-classification model (TRL's PRM layout, read by the plugin's ``token_classification``
+  adapter) trained on step labels (:func:`verl_prpo.testbed.task.step_labels`) of noisy and corrupted solutions.
+  Its inputs are built by the adapter's own ``build_inputs``, so training and scoring see the same tokens.
+* **Data**: RL prompts (train) and held-out problems (eval) in verl's RL parquet; the eval questions never occur
+  in SFT, PRM or RL training.
+
+Everything is saved with ``save_pretrained`` under one folder with a ``testbed.json`` manifest (settings and
+measured figures). ``build_testbed(out)`` returns at once when the manifest matches the settings.
+Command line: ``python -m verl_prpo.testbed.build --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from verl_prpo.testbed import task
+
+logger = logging.getLogger(__name__)
+
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+STEP_TAG = "<extra_0>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# one pre-token per digit, per word (with its leading space), per run of symbols, per run of newlines
+PRE_TOKEN_PATTERN = r"\d|[\r\n]+| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+"
+DATA_SOURCE = "verl_prpo/chain_arithmetic"
+DEFAULT_DIR = Path(os.environ.get("VERL_PRPO_CACHE", Path.home() / ".cache" / "verl_prpo")) / "testbed"
+
+
+@dataclass(frozen=True)
+class TestbedSettings:
+    """Everything that determines the assets (the cache key)."""
+
+    seed: int = 0
+    p_err: float = 0.25  # noisy solver: probability that a step's result is wrong
+    n_rl_train: int = 2000  # RL prompts
+    n_eval: int = 200  # held-out problems
+    policy_hidden: int = 96
+    policy_layers: int = 3
+    sft_steps: int = 800
+    prm_steps: int = 1600
+    batch_size: int = 64
+    lr: float = 3e-3
+    prm_lr: float = 1e-3
+    max_response_length: int = 64
+    version: int = 1
+
+
+@dataclass
+class Testbed:
+    root: Path
+    settings: TestbedSettings
+    manifest: dict = field(default_factory=dict)
+
+    policy_dir = property(lambda self: self.root / "policy")
+    prm_dir = property(lambda self: self.root / "prm")
+    train_parquet = property(lambda self: self.root / "data" / "train.parquet")
+    eval_parquet = property(lambda self: self.root / "data" / "eval.parquet")
+    eval_jsonl = property(lambda self: self.root / "data" / "eval.jsonl")
+
+    def eval_problems(self) -> list[task.Problem]:
+        rows = [json.loads(line) for line in self.eval_jsonl.read_text().splitlines() if line.strip()]
+        return [task.Problem(r["start"], tuple((o, b) for o, b in r["ops"])) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+def _corpus(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = ["The answer is \\boxed{0}", "user", "assistant", "system"]
+    for _ in range(3000):
+        p = task.sample_problem(rng)
+        texts += [p.question, task.corrupt_solution(p, rng, 0.3)]
+    return texts
+
+
+def build_tokenizer(out_dir: Path, seed: int = 0):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_TOKEN_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[PAD_TOKEN, IM_START, IM_END, STEP_TAG],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD_TOKEN, eos_token=IM_END, bos_token=None,
+                                   unk_token=None, additional_special_tokens=[IM_START, STEP_TAG])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def _qwen2_config(tokenizer, hidden: int, layers: int, **extra):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=hidden, intermediate_size=hidden * 3,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                       bos_token_id=tokenizer.pad_token_id, **extra)
+
+
+def _lr_at(step: int, total: int, lr: float) -> float:
+    warm = max(1, total // 20)
+    if step < warm:
+        return lr * (step + 1) / warm
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------- policy
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+
+def train_policy(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], log_every: int = 50):
+    """SFT from scratch on noisy-solver solutions (loss on response tokens; fresh problems every batch)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed + 11)
+    model = Qwen2ForCausalLM(_qwen2_config(tokenizer, s.policy_hidden, s.policy_layers))
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    model.train()
+    t0 = time.time()
+    for step in range(s.sft_steps):
+        seqs, starts = [], []
+        while len(seqs) < s.batch_size:
+            p = task.sample_problem(rng)
+            if p.question in exclude:
+                continue
+            q = prompt_ids(tokenizer, p.question)
+            a = tokenizer(task.noisy_solution(p, rng, s.p_err), add_special_tokens=False)["input_ids"]
+            seqs.append(q + a + [tokenizer.eos_token_id])
+            starts.append(len(q))
+        L = max(map(len, seqs))
+        ids = torch.full((len(seqs), L), tokenizer.pad_token_id)
+        labels = torch.full((len(seqs), L), -100)
+        att = torch.zeros((len(seqs), L), dtype=torch.long)
+        for i, (x, st) in enumerate(zip(seqs, starts)):
+            ids[i, : len(x)] = torch.tensor(x)
+            labels[i, st: len(x)] = torch.tensor(x[st:])
+            att[i, : len(x)] = 1
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, s.sft_steps, s.lr)
+        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % log_every == 0 or step == s.sft_steps - 1:
+            logger.info("policy SFT step %d/%d loss %.4f (%.0f s)", step + 1, s.sft_steps, loss.item(), time.time() - t0)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model, time.time() - t0
+
+
+# ---------------------------------------------------------------------------------------------------- PRM
+def prm_example(adapter, problem: task.Problem, solution: str):
+    """PRM input ids, score positions and step labels of one solution, as the plugin's adapter builds them.
+
+    The segments are the solution's paragraphs with their ``"\\n\\n"`` (what ``newline`` segmentation of the policy
+    tokens decodes to).
+    """
+    steps = task.split_steps(solution)
+    labels = task.step_labels(problem, steps)
+    segments = [st + task.STEP_SEPARATOR for st in steps[:-1]] + [steps[-1]]
+    x = adapter.build_inputs(problem.question, segments)
+    return x.input_ids, x.score_positions, labels
+
+
+def _prm_training_solution(p: task.Problem, rng: random.Random) -> str:
+    """Mostly noisy-solver solutions with more wrong results (the errors a policy trained on that solver makes),
+    some with other corruptions (miscopied operand, wrong operation, skipped step, wrong boxed value)."""
+    if rng.random() < 0.8:
+        return task.noisy_solution(p, rng, 0.35)
+    return task.corrupt_solution(p, rng, 0.2)
+
+
+def _prm_batch(adapter, rng, s: TestbedSettings, exclude: set[str], n: int):
+    import torch
+
+    rows = []
+    while len(rows) < n:
+        p = task.sample_problem(rng)
+        if p.question in exclude:
+            continue
+        sol = _prm_training_solution(p, rng)
+        rows.append(prm_example(adapter, p, sol))
+    L = max(len(r[0]) for r in rows)
+    ids = torch.full((n, L), adapter.pad_token_id)
+    att = torch.zeros((n, L), dtype=torch.long)
+    labels = torch.full((n, L), -100)
+    for i, (x, pos, lab) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        att[i, : len(x)] = 1
+        labels[i, pos] = torch.tensor([int(v) for v in lab])
+    return ids, att, labels
+
+
+def _auc(scores: list[float], labels: list[int]) -> float:
+    """Area under the ROC curve (probability a random positive outranks a random negative; ties count 1/2)."""
+    pairs = sorted(zip(scores, labels))
+    n_pos = sum(labels)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        avg_rank = (i + j + 1) / 2  # 1-based average rank of the tie block
+        rank_sum += avg_rank * sum(lab for _, lab in pairs[i:j])
+        i = j
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def train_prm(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], eval_problems, policy_dir: Path,
+              log_every: int = 50):
+    """Train the PRM on step labels (body initialised from the policy at ``policy_dir``); held-out step accuracy
+    and AUC on solutions of the eval problems."""
+    import torch
+    from transformers import Qwen2ForTokenClassification
+
+    from verl_prpo.prm.adapters import TokenClassificationPRMAdapter
+
+    torch.manual_seed(s.seed + 1)
+    rng = random.Random(s.seed + 22)
+    # like real PRMs (Qwen2.5-Math-PRM starts from Qwen2.5-Math-Instruct), the body starts from the SFT policy; the
+    # 2-class head is new. A PRM trained from scratch barely beats the constant predictor in the same budget.
+    model = Qwen2ForTokenClassification.from_pretrained(
+        policy_dir, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+        torch_dtype=torch.float32)
+    model.config.step_separator = STEP_TAG
+    adapter = TokenClassificationPRMAdapter(model, tokenizer, step_separator=STEP_TAG, max_length=512,
+                                            max_tokens_per_batch=512)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.prm_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    t0 = time.time()
+    model.train()
+    for step in range(s.prm_steps):
+        ids, att, labels = _prm_batch(adapter, rng, s, exclude, s.batch_size)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, s.prm_steps, s.prm_lr)
+        logits = model(input_ids=ids, attention_mask=att).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % log_every == 0 or step == s.prm_steps - 1:
+            logger.info("PRM step %d/%d loss %.4f (%.0f s)", step + 1, s.prm_steps, loss.item(), time.time() - t0)
+    model.eval()
+    wall = time.time() - t0
+    # held-out: solutions (noisy and corrupted) of the eval problems, scored through the adapter itself
+    erng = random.Random(s.seed + 33)
+    questions, segs, labels = [], [], []
+    for p in eval_problems:
+        for sol in (_prm_training_solution(p, erng), _prm_training_solution(p, erng)):
+            steps = task.split_steps(sol)
+            questions.append(p.question)
+            segs.append([st + task.STEP_SEPARATOR for st in steps[:-1]] + [steps[-1]])
+            labels.extend(int(v) for v in task.step_labels(p, steps))
+    with torch.no_grad():
+        scores = [v for row in adapter.score(questions, segs) for v in row]
+    acc = sum((sc > 0.5) == bool(lab) for sc, lab in zip(scores, labels)) / len(labels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model, {"step_accuracy": acc, "step_auc": _auc(scores, labels), "eval_steps": len(labels),
+                   "positive_fraction": sum(labels) / len(labels), "train_s": wall}
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def write_parquet(problems: list[task.Problem], path: Path, split: str) -> Path:
+    import pandas as pd
+
+    records = [{
+        "data_source": DATA_SOURCE,
+        "prompt": [{"role": "user", "content": p.question}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": str(p.answer)},
+        "extra_info": {"split": split, "index": i, "question": p.question},
+    } for i, p in enumerate(problems)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame.from_records(records).to_parquet(path)
+    return path
+
+
+def _policy_settings(s: TestbedSettings) -> dict:
+    d = asdict(s)
+    return {k: d[k] for k in ("seed", "p_err", "n_eval", "policy_hidden", "policy_layers", "sft_steps", "batch_size",
+                              "lr", "version")}
+
+
+def build_testbed(out: Path | str = DEFAULT_DIR, settings: TestbedSettings | None = None, *,
+                  force: bool = False) -> Testbed:
+    """Build (or reuse) the testbed under ``out``; the manifest records settings and measured figures."""
+    s = settings or TestbedSettings()
+    tb = Testbed(Path(out).expanduser().resolve(), s)
+    marker = tb.root / "testbed.json"
+    if not force and marker.exists():
+        manifest = json.loads(marker.read_text())
+        if manifest.get("settings") == asdict(s):
+            tb.manifest = manifest
+            return tb
+    t0 = time.time()
+    tb.root.mkdir(parents=True, exist_ok=True)
+    eval_set = task.problems(s.n_eval, seed=s.seed + 1000)
+    exclude = {p.question for p in eval_set}
+    rl_train = task.problems(s.n_rl_train, seed=s.seed + 2000, exclude=exclude)
+    write_parquet(rl_train, tb.train_parquet, "train")
+    write_parquet(eval_set, tb.eval_parquet, "test")
+    tb.eval_jsonl.write_text("".join(json.dumps({"start": p.start, "ops": list(p.ops)}) + "\n" for p in eval_set))
+    tokenizer = build_tokenizer(tb.root / "tokenizer", s.seed)
+    stage = tb.root / "policy_stage.json"  # a finished policy is reused when only the PRM stage must be redone
+    if not force and stage.exists() and json.loads(stage.read_text()).get("settings") == _policy_settings(s):
+        from transformers import Qwen2ForCausalLM
+
+        policy = Qwen2ForCausalLM.from_pretrained(tb.policy_dir)
+        sft_s = json.loads(stage.read_text())["sft_s"]
+    else:
+        logger.info("testbed: training the policy (%d SFT steps) ...", s.sft_steps)
+        policy, sft_s = train_policy(tb.policy_dir, tokenizer, s, exclude)
+        stage.write_text(json.dumps({"settings": _policy_settings(s), "sft_s": sft_s}))
+    logger.info("testbed: training the PRM (%d steps) ...", s.prm_steps)
+    prm, prm_stats = train_prm(tb.prm_dir, tokenizer, s, exclude, eval_set, tb.policy_dir)
+    from verl_prpo.testbed.evaluate import evaluate_policy
+
+    sft_eval = evaluate_policy(policy, tokenizer, eval_set, k=4, seed=s.seed, max_new_tokens=s.max_response_length)
+    tb.manifest = {
+        "settings": asdict(s),
+        "task": {"name": "chain_arithmetic", "ops": "2-4 of add 1-9, subtract 1-9, multiply by 2-3",
+                 "values": f"0-{task.MAX_VALUE}", "noisy_solver_p_err": s.p_err,
+                 "rl_train_problems": s.n_rl_train, "eval_problems": s.n_eval, "vocab": len(tokenizer)},
+        "policy": {"params": _params(policy), "sft_accuracy": sft_eval["sampled_accuracy"],
+                   "sft_greedy_accuracy": sft_eval["greedy_accuracy"], "sft_s": sft_s},
+        "prm": {"params": _params(prm), **prm_stats},
+        "build_s": time.time() - t0,
+    }
+    marker.write_text(json.dumps(tb.manifest, indent=1))
+    logger.info("testbed built in %.0f s: %s", time.time() - t0, json.dumps(tb.manifest["policy"]))
+    return tb
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(DEFAULT_DIR))
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    tb = build_testbed(args.out, force=args.force)
+    print(json.dumps(tb.manifest, indent=1))
+
+
+if __name__ == "__main__":
+    main()

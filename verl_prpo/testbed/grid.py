@@ -1,0 +1,368 @@
+"""The credit-assignment grid: every method, the same budget, several seeds, through verl's own ``main_ppo``.
+
+One cell is one method and one seed::
+
+    python -m verl_prpo.testbed.grid --methods prpo --seeds 0
+
+trains the testbed's SFT policy (``verl_prpo.testbed.build``) for ``--steps`` steps with ``python -m
+verl.trainer.main_ppo`` in CPU mode (the plugin's ``prpo_trainer_cpu`` config, its estimators, PRM worker group with
+the trained PRM, and the ``prpo`` reward manager), saving the actor every ``--eval-every`` steps; then evaluates the
+step-0 policy and every checkpoint on the held-out problems (:mod:`verl_prpo.testbed.evaluate`) and writes
+``<out>/runs/<method>_s<seed>.json``. A cell whose file exists is skipped, so the grid can be stopped and resumed.
+``--aggregate`` (also done after every grid invocation) collects all run files into ``<out>.json`` (the shape of
+issue 8), a Markdown table ``<out>.md`` and PNG curves ``<out>.png``.
+
+Every method gets the same hyper-parameters; the only per-method settings are those that define the method
+(``METHODS``). Task-scaled settings, fixed before any result was seen: PRPO's minimum gap ``m = 4`` tokens (a step is
+about 10 tokens; the paper's m = 10 is for 2k-token responses) and PRL's steps = paragraphs (``newline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: method -> (adv_estimator, Hydra overrides that define it)
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "grpo": ("grpo", []),
+    "prpo": ("prpo", []),
+    "prm_avg": ("prm_avg", []),
+    "prpo_process_only": ("prpo", ["algorithm.prpo.outcome_shift=false"]),
+    "prpo_relative_norm": ("prpo", ["algorithm.prpo.normalization=relative"]),
+    "prpo_uniform_split": ("prpo", ["algorithm.prpo.segmentation=uniform"]),
+    "prpo_random_split": ("prpo", ["algorithm.prpo.segmentation=random"]),
+    "prl": ("prl", ["algorithm.prl.segmentation=newline"]),
+    "spro": ("spro", []),
+    "pure": ("pure", []),
+}
+PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
+
+#: the budget every method gets (sized so that GRPO learns; see the README)
+DEFAULTS = {"steps": 30, "eval_every": 10, "prompts_per_step": 16, "n": 8, "lr": 2e-4, "k": 4}
+DEFAULT_OUT = Path("benchmarks/results/credit_assignment")
+
+
+def available_methods() -> list[str]:
+    """The methods whose estimator is registered in verl (``pure`` only once it exists)."""
+    try:
+        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+        names = set(ADV_ESTIMATOR_REGISTRY) | {"grpo"}
+    except ImportError:  # pragma: no cover
+        return list(METHODS)
+    return [m for m, (est, _) in METHODS.items() if est in names]
+
+
+def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save_every: int | None,
+                  prompts_per_step: int = DEFAULTS["prompts_per_step"], n: int = DEFAULTS["n"],
+                  lr: float = DEFAULTS["lr"], metrics_file: Path | None = None, extra: list[str] | None = None,
+                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+    """The ``main_ppo`` command (and environment) that trains the testbed policy with ``method``."""
+    from verl_prpo.conf import CONFIG_DIR
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    estimator, method_overrides = METHODS[method]
+    s = tb.settings
+    out_dir = Path(out_dir).resolve()
+    overrides = [
+        f"algorithm.adv_estimator={estimator}",
+        f"data.train_files={tb.train_parquet}",
+        f"data.val_files={tb.eval_parquet}",
+        f"data.train_batch_size={prompts_per_step}",
+        "data.max_prompt_length=48",  # the longest testbed prompt is 33 tokens
+        f"data.max_response_length={s.max_response_length}",
+        f"data.seed={seed}",
+        f"actor_rollout_ref.model.path={tb.policy_dir}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts_per_step}",  # one update per batch
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",
+        f"actor_rollout_ref.actor.optim.lr={lr}",
+        "actor_rollout_ref.actor.entropy_coeff=0.0",
+        f"actor_rollout_ref.rollout.n={n}",
+        "actor_rollout_ref.rollout.temperature=1.0",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=128",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=128",
+        "reward.reward_manager.name=prpo",
+        "algorithm.prpo.m=4",
+        f"algorithm.prpo.seed={seed}",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.save_freq={save_every if save_every else -1}",
+        f"trainer.default_local_dir={out_dir / 'checkpoints'}",
+        "trainer.project_name=verl_prpo_testbed",
+        f"trainer.experiment_name={method}_s{seed}",
+    ]
+    if estimator in PRM_ESTIMATORS:
+        overrides += ["prm.enable=true", f"prm.model_path={tb.prm_dir}", "prm.adapter=token_classification"]
+    env = dict(os.environ)
+    env["VERL_PLATFORM"] = "cpu"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray starts its workers at nice 15; on a shared 2-core machine that starves the run behind any other process
+    env.setdefault("RAY_worker_niceness", "0")
+    if metrics_file is not None:
+        metrics_file = Path(metrics_file).resolve()
+        overrides += ["trainer.logger=[console,file]",
+                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
+        env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
+    overrides += method_overrides
+    extra = list(extra or [])
+    keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
+    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys] + extra
+    cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
+           *overrides]
+    return cmd, env
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def evaluate_checkpoint(tb, checkpoint: Path | None, *, k: int, seed: int, step: int) -> dict:
+    from verl_prpo.testbed.evaluate import evaluate_policy, load_policy
+
+    model, tokenizer = load_policy(tb.policy_dir, checkpoint)
+    # the same sampling seed for every method at a given (seed, step): common random numbers
+    out = evaluate_policy(model, tokenizer, tb.eval_problems(), k=k, seed=10_000 * seed + step,
+                          max_new_tokens=tb.settings.max_response_length)
+    return {"step": step, **out}
+
+
+def step0_eval(tb, out_root: Path, seed: int, k: int) -> dict:
+    """The SFT policy's evaluation, shared by every method of a seed (cached)."""
+    path = out_root / "step0" / f"s{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ev = evaluate_checkpoint(tb, None, k=k, seed=seed, step=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ev))
+    return ev
+
+
+def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_every: int, k: int,
+             prompts_per_step: int, n: int, lr: float, keep_checkpoints: bool = False, extra=None,
+             log=print) -> dict:
+    """Train one method with one seed, evaluate its checkpoints, write ``runs/<method>_s<seed>.json``."""
+    out_root = Path(out_root)
+    result_path = out_root / "runs" / f"{method}_s{seed}.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    work = out_root / "work" / f"{method}_s{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    metrics_file = work / "metrics.jsonl"
+    cmd, env = train_command(tb, method, seed=seed, steps=steps, out_dir=work, save_every=eval_every,
+                             prompts_per_step=prompts_per_step, n=n, lr=lr, metrics_file=metrics_file, extra=extra)
+    log(f"[{method} s{seed}] training {steps} steps ...")
+    t0 = time.time()
+    with open(work / "train.log", "w") as fh:
+        rc = subprocess.call(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=work)
+    wall = time.time() - t0
+    if rc != 0:
+        tail = (work / "train.log").read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"{method} seed {seed}: main_ppo failed (rc={rc}); {work / 'train.log'}:\n{tail}")
+    t1 = time.time()
+    evals = [step0_eval(tb, out_root, seed, k)]
+    for step in range(eval_every, steps + 1, eval_every):
+        evals.append(evaluate_checkpoint(tb, work / "checkpoints" / f"global_step_{step}", k=k, seed=seed, step=step))
+    if steps % eval_every:
+        evals.append(evaluate_checkpoint(tb, work / "checkpoints" / f"global_step_{steps}", k=k, seed=seed,
+                                         step=steps))
+    train = [{"step": r["step"], **{key: r["data"].get(key) for key in
+              ("critic/score/mean", "response_length/mean", "actor/entropy", "timing_s/step")}}
+             for r in read_metrics(metrics_file)]
+    result = {"method": method, "seed": seed, "steps": steps, "wall_s": wall, "eval_s": time.time() - t1,
+              "estimator": METHODS[method][0], "overrides": METHODS[method][1], "eval": evals, "train": train}
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1))
+    if not keep_checkpoints:
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    e0, e1 = evals[0], evals[-1]
+    log(f"[{method} s{seed}] {wall:.0f} s train + {result['eval_s']:.0f} s eval: sampled "
+        f"{e0['sampled_accuracy']:.3f} -> {e1['sampled_accuracy']:.3f}, greedy {e0['greedy_accuracy']:.3f} -> "
+        f"{e1['greedy_accuracy']:.3f}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def _auc(ev: list[dict], key: str) -> float:
+    """Area under the accuracy curve, normalised by the step range (the mean accuracy over training)."""
+    xs, ys = [e["step"] for e in ev], [e[key] for e in ev]
+    if len(xs) < 2:
+        return ys[0] if ys else float("nan")
+    area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
+    return area / (xs[-1] - xs[0])
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summary_rows(runs: list[dict]) -> list[dict]:
+    by_method: dict[str, list[dict]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], []).append(r)
+    rows = []
+    for method in [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS)):
+        rs = by_method[method]
+        f = lambda fn: [fn(r) for r in rs]  # noqa: E731
+        rows.append({
+            "method": method, "seeds": len(rs),
+            "greedy_final": f(lambda r: r["eval"][-1]["greedy_accuracy"]),
+            "greedy_gain": f(lambda r: r["eval"][-1]["greedy_accuracy"] - r["eval"][0]["greedy_accuracy"]),
+            "sampled_final": f(lambda r: r["eval"][-1]["sampled_accuracy"]),
+            "sampled_gain": f(lambda r: r["eval"][-1]["sampled_accuracy"] - r["eval"][0]["sampled_accuracy"]),
+            "sampled_auc": f(lambda r: _auc(r["eval"], "sampled_accuracy")),
+            "pass_at_k_final": f(lambda r: r["eval"][-1].get("pass_at_k", float("nan"))),
+            "length_change": f(lambda r: r["eval"][-1]["response_length"] - r["eval"][0]["response_length"]),
+            "entropy_final": f(lambda r: r["eval"][-1]["entropy"]),
+            "wall_s": f(lambda r: r["wall_s"]),
+        })
+    return rows
+
+
+def markdown_table(runs: list[dict], k: int) -> str:
+    head = ("| method | seeds | greedy acc (final) | sampled acc (final) | sampled gain | sampled AUC | "
+            f"pass@{k} (final) | length change | entropy (final) | train s |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = [f"| {r['method']} | {r['seeds']} | {_ms(r['greedy_final'])} | {_ms(r['sampled_final'])} | "
+             f"{_ms(r['sampled_gain'])} | {_ms(r['sampled_auc'])} | {_ms(r['pass_at_k_final'])} | "
+             f"{_ms(r['length_change'])} | {_ms(r['entropy_final'])} | {statistics.mean(r['wall_s']):.0f} |"
+             for r in summary_rows(runs)]
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    keys = [("sampled_accuracy", "sampled accuracy (avg@k)"), ("greedy_accuracy", "greedy accuracy"),
+            ("response_length", "response length (tokens)"), ("entropy", "policy entropy")]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    cmap = plt.get_cmap("tab10")
+    for ci, m in enumerate(methods):
+        rs = [r for r in runs if r["method"] == m]
+        steps = [e["step"] for e in rs[0]["eval"]]
+        for ax, (key, title) in zip(axes, keys):
+            ys = [[r["eval"][i][key] for r in rs if len(r["eval"]) > i] for i in range(len(steps))]
+            mean = [statistics.mean(y) for y in ys]
+            ax.plot(steps, mean, marker="o", ms=3, color=cmap(ci % 10), label=m,
+                    ls="-" if m in ("grpo", "prpo") else "--")
+            ax.set_title(title)
+            ax.set_xlabel("training step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("credit-assignment testbed: mean over seeds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def aggregate(out_root: Path, tb, k: int) -> dict:
+    out_root = Path(out_root)
+    runs = [json.loads(p.read_text()) for p in sorted((out_root / "runs").glob("*.json"))]
+    m = tb.manifest
+    results = {
+        "task": {**m.get("task", {}), "budget": {key: v for key, v in DEFAULTS.items()}},
+        "policy": {"params": m["policy"]["params"], "sft_accuracy": m["policy"]["sft_accuracy"],
+                   "sft_greedy_accuracy": m["policy"]["sft_greedy_accuracy"]},
+        "prm": {key: m["prm"][key] for key in ("params", "step_accuracy", "step_auc", "eval_steps")},
+        "runs": [{key: r[key] for key in ("method", "seed", "steps", "wall_s", "eval")} for r in runs],
+    }
+    out_root.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    if runs:
+        out_root.with_suffix(".md").write_text(markdown_table(runs, k))
+        plot(runs, out_root.with_suffix(".png"))
+    return results
+
+
+def _run_parallel(cells: list[tuple[str, int]], argv: list[str], jobs: int) -> None:
+    """Run cells as separate processes of this module, ``jobs`` at a time (each run is mostly one busy process:
+    verl's stages wait on each other, so two runs use two cores)."""
+    base, skip = [], False
+    for a in argv:  # drop --methods/--seeds/--jobs and their values
+        if a in ("--methods", "--seeds", "--jobs"):
+            skip = True
+            continue
+        if a.startswith("--"):
+            skip = False
+        if not skip:
+            base.append(a)
+    pending, running, failed = list(cells), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            m, s = pending.pop(0)
+            cmd = [sys.executable, "-m", "verl_prpo.testbed.grid", *base, "--methods", m, "--seeds", str(s),
+                   "--no-aggregate"]
+            running.append(((m, s), subprocess.Popen(cmd)))
+            time.sleep(5)  # stagger the Ray start-ups
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+                if item[1].returncode != 0:
+                    failed.append(item[0])
+        time.sleep(2)
+    if failed:
+        raise RuntimeError(f"cells failed: {failed}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=None, help=f"default: all available of {list(METHODS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
+    p.add_argument("--eval-every", type=int, default=DEFAULTS["eval_every"])
+    p.add_argument("--prompts-per-step", type=int, default=DEFAULTS["prompts_per_step"])
+    p.add_argument("--n", type=int, default=DEFAULTS["n"], help="rollouts per prompt")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--k", type=int, default=DEFAULTS["k"], help="samples per held-out problem")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="results prefix: <out>.json/.md/.png and <out>/runs")
+    p.add_argument("--testbed", default=None, help="testbed folder (default: the cache)")
+    p.add_argument("--aggregate", action="store_true", help="only collect the finished runs")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at the same time (separate processes)")
+    p.add_argument("--no-aggregate", action="store_true", help=argparse.SUPPRESS)
+    args, extra = p.parse_known_args(argv)
+    from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
+
+    tb = build_testbed(args.testbed or DEFAULT_DIR)
+    out = Path(args.out)
+    if not args.aggregate:
+        methods = args.methods or available_methods()
+        cells = [(m, s) for s in args.seeds for m in methods if not (out / "runs" / f"{m}_s{s}.json").exists()]
+        if args.jobs > 1 and len(cells) > 1:
+            _run_parallel(cells, argv if argv is not None else sys.argv[1:], args.jobs)
+        else:
+            for method, seed in cells:
+                run_cell(tb, method, seed, out, steps=args.steps, eval_every=args.eval_every, k=args.k,
+                         prompts_per_step=args.prompts_per_step, n=args.n, lr=args.lr,
+                         keep_checkpoints=args.keep_checkpoints, extra=extra)
+    if args.no_aggregate:
+        return 0
+    res = aggregate(out, tb, args.k)
+    if res["runs"]:
+        print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
