@@ -91,6 +91,7 @@ def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_
     env["VERL_PLATFORM"] = "cpu"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_DEDUP_LOGS", "1")
+    env.setdefault("PYTHONWARNINGS", "ignore::UserWarning:verl.workers.engine")  # optional engines missing
     if metrics_file is not None:
         # verl's "file" logger writes one JSON line per step to VERL_FILE_LOGGER_PATH (read in the TaskRunner)
         metrics_file = str(Path(metrics_file).resolve())

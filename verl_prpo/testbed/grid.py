@@ -46,7 +46,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
 PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
 
 #: the budget every method gets (sized so that GRPO learns; see the README)
-DEFAULTS = {"steps": 30, "eval_every": 10, "prompts_per_step": 16, "n": 8, "lr": 2e-4, "k": 4}
+DEFAULTS = {"steps": 20, "eval_every": 10, "prompts_per_step": 8, "n": 8, "lr": 5e-5, "updates_per_step": 2,
+            "k": 4}
 DEFAULT_OUT = Path("benchmarks/results/credit_assignment")
 
 
@@ -63,7 +64,8 @@ def available_methods() -> list[str]:
 
 def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save_every: int | None,
                   prompts_per_step: int = DEFAULTS["prompts_per_step"], n: int = DEFAULTS["n"],
-                  lr: float = DEFAULTS["lr"], metrics_file: Path | None = None, extra: list[str] | None = None,
+                  lr: float = DEFAULTS["lr"], updates_per_step: int = DEFAULTS["updates_per_step"],
+                  metrics_file: Path | None = None, extra: list[str] | None = None,
                   python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
     """The ``main_ppo`` command (and environment) that trains the testbed policy with ``method``."""
     from verl_prpo.conf import CONFIG_DIR
@@ -82,8 +84,9 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
         f"data.max_response_length={s.max_response_length}",
         f"data.seed={seed}",
         f"actor_rollout_ref.model.path={tb.policy_dir}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts_per_step}",  # one update per batch
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={max(1, prompts_per_step // updates_per_step)}",
+        # one micro batch per mini batch (responses); verl asserts that micro batches divide the mini batch
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={max(1, prompts_per_step // updates_per_step) * n}",
         f"actor_rollout_ref.actor.optim.lr={lr}",
         "actor_rollout_ref.actor.entropy_coeff=0.0",
         f"actor_rollout_ref.rollout.n={n}",
@@ -105,6 +108,7 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
     env["VERL_PLATFORM"] = "cpu"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_DEDUP_LOGS", "1")
+    env.setdefault("PYTHONWARNINGS", "ignore::UserWarning:verl.workers.engine")  # optional engines missing
     # Ray starts its workers at nice 15; on a shared 2-core machine that starves the run behind any other process
     env.setdefault("RAY_worker_niceness", "0")
     if metrics_file is not None:
@@ -149,8 +153,8 @@ def step0_eval(tb, out_root: Path, seed: int, k: int) -> dict:
 
 
 def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_every: int, k: int,
-             prompts_per_step: int, n: int, lr: float, keep_checkpoints: bool = False, extra=None,
-             log=print) -> dict:
+             prompts_per_step: int, n: int, lr: float, updates_per_step: int = DEFAULTS["updates_per_step"],
+             keep_checkpoints: bool = False, extra=None, log=print) -> dict:
     """Train one method with one seed, evaluate its checkpoints, write ``runs/<method>_s<seed>.json``."""
     out_root = Path(out_root)
     result_path = out_root / "runs" / f"{method}_s{seed}.json"
@@ -161,7 +165,8 @@ def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_eve
     work.mkdir(parents=True)
     metrics_file = work / "metrics.jsonl"
     cmd, env = train_command(tb, method, seed=seed, steps=steps, out_dir=work, save_every=eval_every,
-                             prompts_per_step=prompts_per_step, n=n, lr=lr, metrics_file=metrics_file, extra=extra)
+                             prompts_per_step=prompts_per_step, n=n, lr=lr, updates_per_step=updates_per_step,
+                             metrics_file=metrics_file, extra=extra)
     log(f"[{method} s{seed}] training {steps} steps ...")
     t0 = time.time()
     with open(work / "train.log", "w") as fh:
@@ -334,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts-per-step", type=int, default=DEFAULTS["prompts_per_step"])
     p.add_argument("--n", type=int, default=DEFAULTS["n"], help="rollouts per prompt")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--updates-per-step", type=int, default=DEFAULTS["updates_per_step"],
+                   help="actor updates per training step (mini-batches of the step's prompts)")
     p.add_argument("--k", type=int, default=DEFAULTS["k"], help="samples per held-out problem")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results prefix: <out>.json/.md/.png and <out>/runs")
     p.add_argument("--testbed", default=None, help="testbed folder (default: the cache)")
@@ -355,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             for method, seed in cells:
                 run_cell(tb, method, seed, out, steps=args.steps, eval_every=args.eval_every, k=args.k,
                          prompts_per_step=args.prompts_per_step, n=args.n, lr=args.lr,
-                         keep_checkpoints=args.keep_checkpoints, extra=extra)
+                         updates_per_step=args.updates_per_step, keep_checkpoints=args.keep_checkpoints, extra=extra)
     if args.no_aggregate:
         return 0
     res = aggregate(out, tb, args.k)
