@@ -103,3 +103,32 @@ def load_policy(policy_dir: Path | str, actor_checkpoint: Path | str | None = No
                              f"unexpected {unexpected}")
         model.tie_weights()
     return model, tokenizer
+
+
+@torch.no_grad()
+def correct_solution_logprob(model, tokenizer, problems: list[task.Problem], batch_size: int = 200) -> float:
+    """Mean over problems of log pi(correct solution + EOS | prompt), teacher-forced: a low-variance measure of
+    whether training moved the policy towards right steps (it rises as RL sharpens the step distributions)."""
+    from verl_prpo.testbed.build import prompt_ids
+
+    total, model_device = 0.0, model.device
+    model.eval()
+    for b in range(0, len(problems), batch_size):
+        chunk = problems[b: b + batch_size]
+        rows = []
+        for p in chunk:
+            q = prompt_ids(tokenizer, p.question)
+            a = tokenizer(task.format_solution(p), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append((q, a))
+        L = max(len(q) + len(a) for q, a in rows)
+        ids = torch.full((len(rows), L), tokenizer.pad_token_id)
+        att = torch.zeros((len(rows), L), dtype=torch.long)
+        target = torch.zeros((len(rows), L), dtype=torch.bool)
+        for i, (q, a) in enumerate(rows):
+            ids[i, : len(q) + len(a)] = torch.tensor(q + a)
+            att[i, : len(q) + len(a)] = 1
+            target[i, len(q): len(q) + len(a)] = True
+        logits = model(input_ids=ids.to(model_device), attention_mask=att.to(model_device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(model_device)).squeeze(-1)
+        total += float((logp * target[:, 1:].to(model_device)).sum())
+    return total / len(problems)
