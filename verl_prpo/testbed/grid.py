@@ -91,8 +91,8 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
         "actor_rollout_ref.actor.entropy_coeff=0.0",
         f"actor_rollout_ref.rollout.n={n}",
         "actor_rollout_ref.rollout.temperature=1.0",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=128",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=128",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={prompts_per_step * n}",  # the whole batch
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={prompts_per_step * n}",
         "reward.reward_manager.name=prpo",
         "algorithm.prpo.m=4",
         f"algorithm.prpo.seed={seed}",
