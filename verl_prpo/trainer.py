@@ -117,6 +117,20 @@ def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
 class PRPOTrainerSync(PPOTrainerSync):
     """Synchronous V1 trainer that feeds the process-reward estimators (see the module docstring)."""
 
+    # verl 0.9.1 compares ``self.trainer_mode`` with the string "sync" (trainer_base.py: replay buffer class,
+    # exact refill, TransferQueue checkpoint on save/resume, re-issue of in-flight prompts, prompt storage) and
+    # reads ``trainer.v1.<mode>`` for the mode's options. prpo_sync is the sync loop, so verl must see "sync"
+    # everywhere; the config keeps ``trainer.v1.trainer_mode=prpo_sync`` (main_ppo selects this class by it).
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        if value not in (TRAINER_MODE, "sync"):
+            raise ValueError(f"{type(self).__name__} is the '{TRAINER_MODE}' trainer mode, got "
+                             f"trainer.v1.trainer_mode={value!r}")
+
     def __init__(self, config: DictConfig):
         self.plugin_config = validate_plugin_config(config)
         self.adv_name = str(config.algorithm.adv_estimator)
