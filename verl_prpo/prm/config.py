@@ -40,7 +40,7 @@ class PRMConfig:
         adapter: ``qwen_math_prm`` (chat template, ``<extra_0>`` after every step, 2-class head read at each
             ``<extra_0>``), ``token_classification`` (TRL PRM layout, see ``adapters.py``), or ``auto``: Qwen when
             the model config's ``architectures`` mention ``Qwen2ForProcessRewardModel``, or when its tokenizer has
-            ``<extra_0>`` and a chat template and ``trust_remote_code`` is on; token classification otherwise.
+            ``<extra_0>`` and a chat template; token classification otherwise.
         step_separator: None = the model config's ``step_separator`` attribute if it has one, else ``"\\n\\n"``
             (token classification) / ``"<extra_0>"`` (Qwen).
         system_prompt: system message of the Qwen chat template.
@@ -49,7 +49,9 @@ class PRMConfig:
             segments, which get the fallback score and are counted).
         max_tokens_per_batch: packing budget of one forward: batch size x longest input (padding included).
         dtype: parameter dtype on GPU. On CPU float32 is always used.
-        trust_remote_code: passed to ``from_pretrained`` (the Qwen PRM ships its own model class).
+        trust_remote_code: passed to ``from_pretrained`` for checkpoints whose class this package does not
+            implement (off by default). ``Qwen2ForProcessRewardModel`` (Qwen2.5-Math-PRM) is always loaded natively,
+            without its hub code, whatever this says.
         placement: ``colocate`` (a worker group on the actor's resource pool) or ``own_pool`` (its own GPUs,
             ``nnodes`` x ``n_gpus_per_node``).
         nnodes, n_gpus_per_node: size of the PRM's own pool (``own_pool``).
@@ -69,7 +71,7 @@ class PRMConfig:
     max_length: int = 4096
     max_tokens_per_batch: int = 16384
     dtype: str = "bfloat16"
-    trust_remote_code: bool = True
+    trust_remote_code: bool = False
     placement: str = "colocate"
     nnodes: int = 1
     n_gpus_per_node: int = 1
