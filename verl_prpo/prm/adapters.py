@@ -232,7 +232,7 @@ class PRMAdapter:
 
     def _dummy_forward(self) -> None:
         ids = torch.full((1, 1), self.pad_token_id, dtype=torch.long, device=self.device)
-        with torch.inference_mode():
+        with torch.no_grad():
             self._forward(ids, torch.ones_like(ids))
 
     # ------------------------------------------------------------------ scoring
@@ -290,7 +290,7 @@ class PRMAdapter:
                 mask[r, : len(x.input_ids)] = 1
                 rows.extend([r] * x.num_kept)
                 cols.extend(x.score_positions)
-            with torch.inference_mode():
+            with torch.no_grad():
                 logits = self._forward(ids.to(self.device), mask.to(self.device))
                 if logits.dim() != 3 or logits.shape[:2] != ids.shape:
                     raise ValueError(f"PRM logits must have shape (batch, tokens, labels) = {tuple(ids.shape)} + "
@@ -388,9 +388,17 @@ class QwenMathPRMAdapter(PRMAdapter):
 
 # ---------------------------------------------------------------------------------------------------- loading
 def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
-    if device.type == "cpu":
+    """The parameter dtype for COMPUTE on ``device``: ``prm.dtype`` on an accelerator, float32 on CPU.
+
+    Pass the device the forwards run on, not the device the weights are loaded to: an offloaded or sharded PRM
+    that computes on a GPU is loaded in ``prm.dtype`` even though its weights first land in host memory.
+    """
+    if torch.device(device).type == "cpu":
         return torch.float32  # bf16 matmuls on CPU are slow and less accurate; always float32 there
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+compute_dtype = _torch_dtype
 
 
 #: architecture name of the Qwen2.5-Math-PRM family, loaded natively (``verl_prpo.prm.qwen_prm_model``)
@@ -467,6 +475,37 @@ def _load_native_qwen_prm(config: PRMConfig, model_config, dtype: torch.dtype) -
     return model
 
 
+def load_tokenizer(config: PRMConfig, model_config=None):
+    """The PRM's tokenizer (remote code only for checkpoints this package does not implement natively)."""
+    from transformers import AutoTokenizer
+
+    native = is_native_qwen_prm(model_config)
+    return AutoTokenizer.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code and not native)
+
+
+def build_empty_model(config: PRMConfig, kind: str, model_config, dtype: torch.dtype) -> torch.nn.Module:
+    """The PRM's module tree on the ``meta`` device (no memory): for sizing and for ranks that receive their
+    shard from rank 0. Same class selection as ``load_model``."""
+    from transformers import AutoModel, AutoModelForTokenClassification
+
+    archs = _architectures(model_config)
+    auto_map = getattr(model_config, "auto_map", None) or {}
+    with torch.device("meta"):
+        if is_native_qwen_prm(model_config):
+            from verl_prpo.prm.qwen_prm_model import Qwen2ForProcessRewardModel
+
+            model = Qwen2ForProcessRewardModel._from_config(model_config, dtype=dtype, attn_implementation="sdpa")
+        elif kind == "qwen_math_prm" and ("AutoModel" in auto_map or not any(a.endswith("ForTokenClassification")
+                                                                             for a in archs)):
+            model = AutoModel.from_config(model_config, trust_remote_code=config.trust_remote_code, dtype=dtype)
+        else:
+            model = AutoModelForTokenClassification.from_config(model_config, dtype=dtype,
+                                                                trust_remote_code=config.trust_remote_code)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 def load_model(config: PRMConfig, kind: str, device: torch.device, model_config=None,
                dtype: torch.dtype | None = None) -> torch.nn.Module:
     """``from_pretrained`` on ``config.model_path`` (a directory or a hub name), eval mode, on ``device``.
@@ -517,15 +556,11 @@ def make_adapter(config: PRMConfig, model: torch.nn.Module, tokenizer, *, kind: 
 
 def load_prm(config: PRMConfig, device: str | torch.device = "cpu") -> PRMAdapter:
     """Load the PRM named by ``config.model_path`` and its tokenizer and return the matching adapter."""
-    from transformers import AutoTokenizer
-
     if config.model_path is None:
         raise ValueError("prm.model_path is required to load a PRM")
     device = torch.device(device)
     model_config = load_model_config(config)
-    native = is_native_qwen_prm(model_config)
-    tokenizer = AutoTokenizer.from_pretrained(config.model_path,
-                                              trust_remote_code=config.trust_remote_code and not native)
+    tokenizer = load_tokenizer(config, model_config)
     kind = resolve_adapter_kind(config, model_config, tokenizer)
     model = load_model(config, kind, device, model_config)
     adapter = make_adapter(config, model, tokenizer, kind=kind, device=device, model_config=model_config)
