@@ -190,7 +190,10 @@ class PRPOTrainerSync(PPOTrainerSync):
         else:
             data.batch["token_level_rewards"] = data.batch["token_level_scores"]
 
-        # 2. rollout correction (upstream behaviour, decoupled mode only)
+        # 2. rollout correction (upstream behaviour, decoupled mode only). Rejection sampling may zero tokens or
+        # whole responses of response_mask; segmentation and PRM scoring use the mask as the policy produced it
+        # (a segment is a piece of the generated text), the estimator gets the corrected mask.
+        segment_mask = data.batch["response_mask"].clone()
         rc_cfg = self.config.algorithm.get("rollout_correction", None)
         bypass = rc_cfg and rc_cfg.get("bypass_mode", False)
         rollout_correction = rc_cfg is not None and "rollout_log_probs" in data.batch and not bypass
@@ -199,7 +202,7 @@ class PRPOTrainerSync(PPOTrainerSync):
             metrics.update(is_metrics)
 
         # 3. segmentation and PRM scores
-        kwargs = self._estimator_inputs(batch, data, metrics)
+        kwargs = self._estimator_inputs(batch, data, metrics, segment_mask)
 
         # 4. the estimator itself
         est_metrics: dict[str, float] = {}
@@ -229,29 +232,36 @@ class PRPOTrainerSync(PPOTrainerSync):
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
                                fields=TensorDict(output, batch_size=len(batch)))
 
-    def _estimator_inputs(self, batch, data, metrics: dict) -> dict[str, Any]:
-        """Everything the estimator needs beyond rewards, mask and uid."""
+    def _estimator_inputs(self, batch, data, metrics: dict, segment_mask: torch.Tensor | None = None
+                          ) -> dict[str, Any]:
+        """Everything the estimator needs beyond rewards, mask and uid.
+
+        ``segment_mask`` (B, L): the response mask before rollout correction (default: the batch's mask); the
+        segmentation and the PRM see it, so a rejected token never splits a segment.
+        """
         b = data.batch
         kwargs: dict[str, Any] = {}
         for key in ("entropy", "old_log_probs", "ref_log_prob"):
             if key in b.keys():
                 kwargs[key] = b[key]
         cfg = self.plugin_config["estimator"]
+        mask = b["response_mask"] if segment_mask is None else segment_mask
 
         if self.adv_name == "prl":
-            kwargs["segment_ids"] = self._segment(b, cfg.segmentation, step_len=cfg.step_len).segment_ids
+            kwargs["segment_ids"] = self._segment(b, mask, cfg.segmentation, step_len=cfg.step_len).segment_ids
             return kwargs
         if self.adv_name not in PRM_ESTIMATORS:
             return kwargs
 
-        seg = self._segment(b, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
+        seg = self._segment(b, mask, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
                             step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps))
         kwargs["segment_ids"] = seg.segment_ids
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
             # "correct" = positive outcome reward, for the PRM/outcome agreement metric
             scores, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids,
-                                                        correct=b["token_level_rewards"].sum(-1) > 0)
+                                                        correct=b["token_level_rewards"].sum(-1) > 0,
+                                                        response_mask=mask)
             metrics["timing_s/prm"] = time.perf_counter() - t0
             metrics.update(prm_metrics)
             kwargs["prm_scores"] = scores
@@ -263,14 +273,14 @@ class PRPOTrainerSync(PPOTrainerSync):
                 f"or put per-token scores in the batch under '{PRM_SCORES_KEY}'.")
         return kwargs
 
-    def _segment(self, b, strategy: str, **kwargs):
-        """``segmentation.segment`` on the batch; the newline strategy also gets the tokens and the tokenizer table."""
+    def _segment(self, b, mask: torch.Tensor, strategy: str, **kwargs):
+        """``segmentation.segment`` of ``mask``; the newline strategy also gets the tokens and the tokenizer table."""
         from verl_prpo.segmentation import segment
 
         if strategy == "newline":
             kwargs.update(newline_token_mask=self._newline_token_mask(),
                           responses=b["responses"] if "responses" in b.keys() else None)
-        return segment(strategy, b["response_mask"], **kwargs)
+        return segment(strategy, mask, **kwargs)
 
     def _newline_token_mask(self) -> torch.Tensor:
         if self._newline_mask is None:

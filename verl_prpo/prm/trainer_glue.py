@@ -40,9 +40,13 @@ class PRMScorer:
         wg = create_prm_worker_group(prm_config, tok_path, pool, name_prefix="prm")
         return cls(wg, prm_config, prior_mean=prior_mean)
 
-    def score(self, batch, data, segment_ids: torch.Tensor, correct: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Per-token PRM scores ``(B, L)`` for the rows of ``data`` (same order as ``batch.keys``)."""
+    def score(self, batch, data, segment_ids: torch.Tensor, correct: torch.Tensor | None = None,
+              response_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-token PRM scores ``(B, L)`` for the rows of ``data`` (same order as ``batch.keys``).
+
+        ``response_mask``: the mask ``segment_ids`` was computed on (the trainer passes the mask before rollout
+        correction); default ``data.batch["response_mask"]``.
+        """
         import transfer_queue as tq
 
         from verl_prpo.prm.scoring import prm_metrics, questions_from_batch
@@ -54,10 +58,10 @@ class PRMScorer:
         extra_infos = list(meta["extra_info"]) if "extra_info" in meta.keys() else None
         questions = questions_from_batch(raw_prompts, extra_infos)
         b = data.batch
+        mask = b["response_mask"] if response_mask is None else response_mask
         scores, stats = compute_prm_scores_with_group(
-            self.worker_group, b["responses"], b["response_mask"], segment_ids, questions,
-            prior_mean=self.prior_mean)
-        metrics = prm_metrics(scores, b["response_mask"], stats, correct)
+            self.worker_group, b["responses"], mask, segment_ids, questions, prior_mean=self.prior_mean)
+        metrics = prm_metrics(scores, mask, stats, correct)
         if stats.get("truncated_segments"):
             logger.warning("PRM: %d segments did not fit prm.max_length=%d and got the prior mean %.3f",
                            stats["truncated_segments"], self.config.max_length, self.prior_mean)
