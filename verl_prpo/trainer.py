@@ -77,6 +77,93 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
     return typed
 
 
+#: name of the PRM's own resource pool (``prm.placement=own_pool``) in verl's resource pool spec
+PRM_POOL = "prm_pool"
+
+
+def trainer_data_parallel_size(config: DictConfig) -> int:
+    """The actor's data-parallel world size, as verl's engines compute it, from the config alone.
+
+    ``trainer.nnodes x trainer.n_gpus_per_node`` GPUs (the global pool; an ``own_pool`` PRM is not part of it),
+    divided by the Ulysses sequence-parallel size (FSDP) or by TP x PP x CP (Megatron).
+    """
+    n_gpus = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+    actor = config.actor_rollout_ref.actor
+    if str(actor.get("strategy", "fsdp")) == "megatron":
+        mc = actor.megatron
+        model_parallel = int(mc.tensor_model_parallel_size) * int(mc.pipeline_model_parallel_size) * int(
+            mc.get("context_parallel_size", 1))
+    else:
+        fsdp_cfg = actor.get("fsdp_config", None) or {}
+        model_parallel = int(fsdp_cfg.get("ulysses_sequence_parallel_size", None)
+                             or actor.get("ulysses_sequence_parallel_size", 1) or 1)
+    if n_gpus % model_parallel:
+        raise ValueError(f"trainer.nnodes x trainer.n_gpus_per_node = {n_gpus} GPUs is not a multiple of the "
+                         f"actor's model-parallel size {model_parallel}")
+    return n_gpus // model_parallel
+
+
+def validate_batch_divisibility(config: DictConfig) -> None:
+    """verl asserts ``ppo_mini_batch_size x rollout.n`` divisible by the actor's DP size only inside the first
+    actor update (after a whole rollout); check it here, at start-up, for the trainer's real DP size."""
+    dp = trainer_data_parallel_size(config)
+    n = int(config.actor_rollout_ref.rollout.n)
+    checks = [("actor_rollout_ref.actor.ppo_mini_batch_size", int(config.actor_rollout_ref.actor.ppo_mini_batch_size))]
+    from verl.trainer.ppo.utils import need_critic
+
+    if config.get("critic", None) is not None and need_critic(config):
+        checks.append(("critic.ppo_mini_batch_size", int(config.critic.ppo_mini_batch_size)))
+    for key, mini in checks:
+        total = mini * n
+        if total % dp:
+            ok = [d for d in range(1, total + 1) if total % d == 0 and d <= 4 * dp]
+            prm = config.get("prm", None) or {}
+            hint = ""
+            if prm.get("enable", False) and prm.get("placement") == "own_pool":
+                hint = (f" With prm.placement=own_pool the PRM's {prm.get('nnodes', 1)} x "
+                        f"{prm.get('n_gpus_per_node', 1)} GPUs are not the trainer's: choose the split so that the "
+                        f"trainer keeps a divisor of {total} GPUs, or use prm.placement=colocate.")
+            raise ValueError(
+                f"{key} x actor_rollout_ref.rollout.n = {mini} x {n} = {total} is not divisible by the trainer's "
+                f"data-parallel size {dp} (trainer.nnodes x trainer.n_gpus_per_node = "
+                f"{int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)} GPUs); verl would fail in the "
+                f"first actor update. Data-parallel sizes that divide {total}: {ok}.{hint}")
+
+
+def check_cluster_gpus(resource_pool_spec: dict[str, list[int]], available_per_node: dict[str, float] | None = None
+                       ) -> None:
+    """Fail at start-up, naming the missing GPUs, when the Ray cluster cannot hold every pool of the spec.
+
+    ``resource_pool_spec``: verl's ``{pool: [GPUs on node 0, GPUs on node 1, ...]}`` (the PRM's own pool
+    included). Each node entry must fit on one Ray node (first-fit decreasing over the free GPUs per node);
+    otherwise Ray's placement groups would wait forever.
+    """
+    if available_per_node is None:
+        import ray
+
+        per_node = ray._private.state.available_resources_per_node()
+        available_per_node = {n: float(info.get("GPU", info.get("NPU", 0)) or 0) for n, info in per_node.items()}
+    need = sorted(((int(g), pool) for pool, nodes in resource_pool_spec.items() for g in nodes), reverse=True)
+    free = sorted((int(v) for v in available_per_node.values()), reverse=True)
+    total_need, total_free = sum(g for g, _ in need), sum(free)
+    pools = ", ".join(f"{pool}: {' + '.join(str(g) for g in nodes)}" for pool, nodes in resource_pool_spec.items())
+    if total_need > total_free:
+        raise ValueError(
+            f"the run needs {total_need} GPUs ({pools}) but the Ray cluster has {total_free} free: "
+            f"{total_need - total_free} GPU(s) missing. Add nodes, lower trainer.n_gpus_per_node / prm.n_gpus_per_node "
+            f"/ prm.nnodes, or use prm.placement=colocate (the PRM then shares the trainer's GPUs).")
+    for g, pool in need:
+        for i, f in enumerate(free):
+            if f >= g:
+                free[i] -= g
+                break
+        else:
+            raise ValueError(
+                f"pool {pool} needs {g} GPUs on one node but no Ray node has {g} free ({pools}; free per node: "
+                f"{sorted((int(v) for v in available_per_node.values()), reverse=True)}): "
+                f"{g - max(free, default=0)} GPU(s) missing on the largest node.")
+
+
 def ensure_reference_policy(config: DictConfig) -> bool:
     """PRL and SPRO need ``ref_log_prob`` even with the KL loss off: turn the KL loss on with coefficient 0.
 
@@ -136,6 +223,7 @@ class PRPOTrainerSync(PPOTrainerSync):
         self.adv_name = str(config.algorithm.adv_estimator)
         if self.adv_name in REF_ESTIMATORS:
             ensure_reference_policy(config)
+        validate_batch_divisibility(config)
         super().__init__(config)
         self.prm_scorer = None
         self._newline_mask: torch.Tensor | None = None
@@ -149,8 +237,21 @@ class PRPOTrainerSync(PPOTrainerSync):
             actor_pool = self.resource_pool_manager.get_resource_pool(self._actor_role())
             self.prm_scorer = PRMScorer.create(
                 self.plugin_config["prm"], self.config, actor_pool=actor_pool,
+                prm_pool=self.resource_pool_manager.resource_pool_dict.get(PRM_POOL),
                 prior_mean=self.plugin_config["estimator"].mu)
             logger.info("PRM worker group ready (%s)", self.plugin_config["prm"].placement)
+
+    def _uses_prm(self) -> bool:
+        return self.adv_name in PRM_ESTIMATORS and self.plugin_config["prm"].enable
+
+    def _init_resource_pool_mgr(self):
+        """verl's pools plus the PRM's own pool (``own_pool``), so that verl creates and checks it with the others;
+        a cluster too small for all of them fails here, before any placement group waits."""
+        super()._init_resource_pool_mgr()
+        prm = self.plugin_config["prm"]
+        if self._uses_prm() and prm.placement == "own_pool":
+            self.resource_pool_manager.resource_pool_spec[PRM_POOL] = [prm.n_gpus_per_node] * prm.nnodes
+        check_cluster_gpus(self.resource_pool_manager.resource_pool_spec)
 
     def _actor_role(self):
         from verl.trainer.ppo.utils import Role

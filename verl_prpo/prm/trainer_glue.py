@@ -5,7 +5,9 @@ Placement (``prm.placement``):
 * ``colocate`` (default): the PRM workers join the actor's resource pool; verl shares each bundle's GPU between
   worker groups by fractional requests, and the PRM parameters are offloaded to CPU between scoring calls
   (``prm.param_offload``), so the PRM costs memory only while it scores.
-* ``own_pool``: a separate pool of ``prm.nnodes`` x ``prm.n_gpus_per_node`` GPUs (on SLURM: extra nodes for the PRM).
+* ``own_pool``: a separate pool of ``prm.nnodes`` x ``prm.n_gpus_per_node`` GPUs (on SLURM: extra nodes for the PRM),
+  declared in verl's resource pool spec as ``prm_pool``: verl creates it with the trainer's pools, and a cluster
+  without enough free GPUs is a start-up error that says how many are missing.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ class PRMScorer:
         self.prior_mean = prior_mean
 
     @classmethod
-    def create(cls, prm_config: PRMConfig, config, *, actor_pool, tokenizer=None, prior_mean: float = 0.5):
+    def create(cls, prm_config: PRMConfig, config, *, actor_pool, prm_pool=None, tokenizer=None,
+               prior_mean: float = 0.5):
+        """``prm_pool``: the ``own_pool`` pool verl created from its resource pool spec (the trainer adds it there,
+        so verl's resource check covers it); without it a pool is made here (direct use outside the trainer)."""
         from verl_prpo.prm.worker import create_prm_worker_group, make_prm_resource_pool
 
         if prm_config.placement == "own_pool":
-            pool = make_prm_resource_pool(prm_config)
+            pool = prm_pool if prm_pool is not None else make_prm_resource_pool(prm_config)
         else:
             pool = actor_pool
         model = config.actor_rollout_ref.model
