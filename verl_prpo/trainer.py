@@ -182,11 +182,37 @@ def ensure_reference_policy(config: DictConfig) -> bool:
     return True
 
 
-def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
+def check_single_output_sessions(keys) -> None:
+    """Refuse batches where an agent-loop session returned several outputs.
+
+    TransferQueue keys are ``{uid}_{session_id}_{index}``. Upstream GRPO (``compute_advantage_for_multi_trajectories``)
+    computes group statistics on each session's LAST output and broadcasts them to the session's other outputs;
+    the process estimators score every output as a response of its own, which would weight such sessions more
+    and compare different things. Rather than train on a different objective silently, stop with a clear error.
+    """
+    sessions: dict[str, int] = {}
+    for key in keys:
+        parts = str(key).rsplit("_", 2)
+        if len(parts) != 3:
+            raise ValueError(f"prpo_sync: unexpected TransferQueue key {key!r} (expected uid_session_index)")
+        session = f"{parts[0]}_{parts[1]}"
+        sessions[session] = sessions.get(session, 0) + 1
+    multi = {s: n for s, n in sessions.items() if n > 1}
+    if multi:
+        example = next(iter(multi.items()))
+        raise ValueError(
+            f"prpo_sync: {len(multi)} agent-loop session(s) returned several outputs (e.g. session {example[0]!r}: "
+            f"{example[1]} outputs). Upstream GRPO uses only each session's last output; the process estimators "
+            f"(prpo, prl, spro, prm_avg) do not support multi-output sessions: use an agent loop that returns one "
+            f"output per session, or algorithm.adv_estimator=grpo.")
+
+
+def grpo_comparison_metrics(advantages: torch.Tensor, data, norm_by_std: bool = True) -> dict[str, float]:
     """How far the process estimator moved the advantage from verl's GRPO on the same batch.
 
     ``adv/mean_abs_diff_vs_grpo`` is the token-mean of |A - A_grpo| over valid tokens: 0 means the process signal
     changed nothing (for PRPO: every PRM score at the prior mean and no beta normalisation difference).
+    ``norm_by_std``: ``algorithm.norm_adv_by_std_in_grpo``, so the reference is the GRPO the user would run.
     """
     from verl_prpo.ops import outcome_advantage
 
@@ -195,7 +221,7 @@ def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
         return {}
     # verl's GRPO (unbiased std, eps 1e-6), vectorised; tests check ops.outcome_advantage against verl's function
     a_out, _ = outcome_advantage(data.batch["token_level_rewards"], data.batch["response_mask"],
-                                 data.non_tensor_batch["uid"])
+                                 data.non_tensor_batch["uid"], norm_by_std=bool(norm_by_std))
     diff = (advantages.float() - a_out[:, None].to(advantages.device)).abs()[mask]
     return {"adv/mean_abs_diff_vs_grpo": float(diff.mean())}
 
@@ -266,6 +292,8 @@ class PRPOTrainerSync(PPOTrainerSync):
         if self.adv_name not in PROCESS_ESTIMATORS:
             return super()._compute_advantage(batch, metrics)
 
+        check_single_output_sessions(batch.keys)
+
         import transfer_queue as tq
         from tensordict import TensorDict
 
@@ -319,7 +347,8 @@ class PRPOTrainerSync(PPOTrainerSync):
         data.batch["advantages"] = advantages
         data.batch["returns"] = returns
         metrics.update(est_metrics)
-        metrics.update(grpo_comparison_metrics(advantages, data))
+        metrics.update(grpo_comparison_metrics(
+            advantages, data, norm_by_std=self.config.algorithm.get("norm_adv_by_std_in_grpo", True)))
 
         # 5. write back (same fields as upstream)
         out_fields = ["advantages", "returns"]
