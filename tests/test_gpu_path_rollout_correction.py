@@ -56,7 +56,7 @@ class FakeTQ:
 
 
 class Batch:
-    keys = [f"k{i}" for i in range(len(LENGTHS))]
+    keys = [f"{u}_{i}_0" for i, u in enumerate(UIDS)]  # verl: {uid}_{session_id}_{index}
     partition_id = "train"
 
     def __len__(self):

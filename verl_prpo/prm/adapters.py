@@ -463,11 +463,19 @@ def _from_pretrained(auto_cls, path: str, **kw):
         return auto_cls.from_pretrained(path, **kw)
 
 
-def _load_native_qwen_prm(config: PRMConfig, model_config, dtype: torch.dtype) -> torch.nn.Module:
+def _device_map(device: torch.device) -> dict:
+    """Load straight into accelerator memory (no transient host copy per rank); CPU loads need no map."""
+    device = torch.device(device)
+    return {} if device.type == "cpu" else {"device_map": str(device)}
+
+
+def _load_native_qwen_prm(config: PRMConfig, model_config, dtype: torch.dtype,
+                          device: torch.device) -> torch.nn.Module:
     from verl_prpo.prm.qwen_prm_model import Qwen2ForProcessRewardModel
 
     model, info = Qwen2ForProcessRewardModel.from_pretrained(
-        config.model_path, config=model_config, dtype=dtype, attn_implementation="sdpa", output_loading_info=True)
+        config.model_path, config=model_config, dtype=dtype, attn_implementation="sdpa", output_loading_info=True,
+        **_device_map(device))
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise ValueError(f"prm.model_path={config.model_path}: the {QWEN_PRM_ARCHITECTURE} checkpoint lacks "
@@ -524,7 +532,7 @@ def load_model(config: PRMConfig, kind: str, device: torch.device, model_config=
     archs = _architectures(model_config)
     auto_map = getattr(model_config, "auto_map", None) or {}
     if is_native_qwen_prm(model_config):
-        model = _load_native_qwen_prm(config, model_config, dtype)
+        model = _load_native_qwen_prm(config, model_config, dtype, device)
     elif kind == "qwen_math_prm" and ("AutoModel" in auto_map or not any(a.endswith("ForTokenClassification")
                                                                          for a in archs)):
         if "AutoModel" in auto_map and not config.trust_remote_code:
@@ -532,10 +540,10 @@ def load_model(config: PRMConfig, kind: str, device: torch.device, model_config=
                              f"({auto_map['AutoModel']}, architectures {archs}); set prm.trust_remote_code=true to "
                              f"run it (only for code you trust)")
         model = _from_pretrained(AutoModel, config.model_path, trust_remote_code=config.trust_remote_code,
-                                 dtype=dtype)
+                                 dtype=dtype, **_device_map(device))
     else:
         model = _from_pretrained(AutoModelForTokenClassification, config.model_path,
-                                 trust_remote_code=config.trust_remote_code, dtype=dtype)
+                                 trust_remote_code=config.trust_remote_code, dtype=dtype, **_device_map(device))
     model.eval()
     model.requires_grad_(False)
     return model.to(device)
