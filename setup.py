@@ -16,8 +16,10 @@ setup(
         "math-verify>=0.7",
     ],
     extras_require={
-        # GPU users: rollout with vLLM, flash attention. Not installable on CPU-only machines.
-        "gpu": ["vllm", "flash-attn"],
+        # GPU users: verl's own pinned extras (vllm==0.24.0, torch==2.11.0, transformers==5.9.0; FSDP with
+        # flash-attn==2.8.3 built for CUDA 13.0 + torch 2.11), so pip resolves what verl 0.9.1 is tested with.
+        # Not installable on CPU-only machines.
+        "gpu": ["verl[vllm,fsdp]==0.9.1"],
         "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7"],
         "plots": ["matplotlib>=3.7"],
     },

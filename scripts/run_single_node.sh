@@ -7,8 +7,9 @@
 # Environment (optional):
 #   GPUS_PER_NODE  GPUs to use (default: the number `nvidia-smi -L` lists, else 8)
 #   PRM_PLACEMENT  colocate (default: the PRM shares the actor's GPUs, offloaded between calls) or own_pool
-#   PRM_GPUS       with own_pool: GPUs given to the PRM (default 1); the trainer gets GPUS_PER_NODE - PRM_GPUS,
-#                  which must divide train_batch_size x rollout.n
+#   PRM_GPUS       with own_pool: GPUs given to the PRM (default GPUS_PER_NODE / 2, i.e. 4 of 8); the trainer
+#                  gets GPUS_PER_NODE - PRM_GPUS, which must divide ppo_mini_batch_size x rollout.n (1024 in the
+#                  PRPO recipes: 4 + 4 works, 7 + 1 and 6 + 2 do not; prpo_sync refuses them at start-up)
 #   MODEL_PATH, PRM_PATH, DATA_DIR, CKPT_DIR, LOG_DIR, PYTHON: passed through to the recipe (recipes/common.sh)
 #   DRY_RUN=1      same as --dry-run: print the final command and exit 0
 # PRM_PLACEMENT only matters for recipes with a PRM (prpo, prm_avg, prpo_ablations); with the others, own_pool
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,17p' "$0"
+  sed -n '2,18p' "$0"
   [[ $# -ge 1 ]] && exit 0
   exit 2
 fi
@@ -43,7 +44,7 @@ case "$PRM_PLACEMENT" in
     PRM_ARGS=(prm.placement=colocate)
     ;;
   own_pool)
-    PRM_GPUS="${PRM_GPUS:-1}"
+    PRM_GPUS="${PRM_GPUS:-$((GPUS_PER_NODE / 2))}"
     if ! [[ "$PRM_GPUS" =~ ^[0-9]+$ ]] || (( PRM_GPUS < 1 || PRM_GPUS >= GPUS_PER_NODE )); then
       echo "error: PRM_GPUS=$PRM_GPUS must be between 1 and GPUS_PER_NODE-1 ($((GPUS_PER_NODE - 1)))" >&2
       exit 2

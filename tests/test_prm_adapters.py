@@ -93,7 +93,10 @@ def test_auto_adapter_resolution(assets):
     tok = AutoTokenizer.from_pretrained(assets.prm_dir)
     # the tiny PRM tokenizer has <extra_0> and a chat template
     assert resolve_adapter_kind(PRMConfig(), mc, tok) == "qwen_math_prm"
-    assert resolve_adapter_kind(PRMConfig(trust_remote_code=False), mc, tok) == "token_classification"
+    # no longer tied to trust_remote_code (off by default): the tokenizer alone decides
+    assert resolve_adapter_kind(PRMConfig(trust_remote_code=True), mc, tok) == "qwen_math_prm"
+    tok.chat_template = None
+    assert resolve_adapter_kind(PRMConfig(), mc, tok) == "token_classification"
     mc.architectures = ["Qwen2ForProcessRewardModel"]
     assert resolve_adapter_kind(PRMConfig(trust_remote_code=False), mc, None) == "qwen_math_prm"
 

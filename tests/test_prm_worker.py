@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,7 @@ def ray_cluster():
     if ray.is_initialized():
         ray.shutdown()
     # address="local": always a fresh private cluster, never someone else's
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
@@ -112,3 +113,54 @@ def test_two_rank_fsdp_on_cpu_keeps_ranks_in_step(assets, ray_cluster):
     rank0_forwards = stats["model_calls"] - 1
     assert rank0_forwards >= 2
     assert stats["dummy_model_calls"] == rank0_forwards - 1
+
+
+SHARDED_CFG = dict(adapter="token_classification", max_length=40, max_tokens_per_batch=40)
+
+
+@pytest.fixture(scope="module")
+def sharded_group(assets, ray_cluster):
+    """One 2-rank FSDP (gloo) group shared by the tests below (each group keeps its CPU bundles until the end)."""
+    from verl_prpo.prm.worker import create_prm_worker_group, make_cpu_resource_pool
+
+    cfg = PRMConfig(enable=True, model_path=str(assets.prm_dir), **SHARDED_CFG)
+    return cfg, create_prm_worker_group(cfg, str(assets.tokenizer_dir), make_cpu_resource_pool(2), fsdp="always")
+
+
+def test_sharded_group_loads_from_one_host_copy_and_shards_within_the_node(assets, sharded_group):
+    """Issue 9 items 2 and 7: only rank 0 materialises the full model on the host; the plan shards over the node."""
+    cfg, wg = sharded_group
+    info = wg.describe()
+    assert [d["host_full_copy"] for d in info] == [True, False]
+    assert all(d["plan"]["shard_group_size"] == 2 and d["plan"]["replicas"] == 1 for d in info)
+    assert all(d["gathered_param_numel"] == 0 and d["param_dtypes"] == ["torch.float32"] for d in info)
+    _check(wg, cfg, assets, fallback=0.3)  # rank 1's shards, received from rank 0, give the reference scores
+
+
+def test_a_rank_that_fails_makes_every_rank_fail_instead_of_hanging(assets, sharded_group):
+    """Issue 9 item 9: rank 1 rejects its rows before the first collective; rank 0 must not wait forever."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from verl.protocol import DataProto, pad_dataproto_to_divisor
+
+    cfg, wg = sharded_group
+    tok = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
+    responses, mask, seg = _batch(tok)
+    bad = seg.clone()
+    bad[4, 0] = -1  # a valid token without a segment: row 4 goes to rank 1
+    data = DataProto.from_dict(tensors={"responses": responses, "response_mask": mask, "prm_segment_ids": bad},
+                               non_tensors={"question": np.array([q for q, _ in PROBLEMS], dtype=object)},
+                               meta_info={"prior_mean": 0.5})
+    padded, _ = pad_dataproto_to_divisor(data, 2)
+    refs = [w.compute_prm_scores.remote(chunk) for w, chunk in zip(wg.workers, padded.chunk(2))]
+    ready, _ = ray.wait(refs, num_returns=2, timeout=120)
+    assert len(ready) == 2, "a PRM rank is still waiting in a collective"
+    errors = []
+    for ref in refs:
+        with pytest.raises(Exception) as exc:
+            ray.get(ref)
+        errors.append(str(exc.value))
+    assert "another rank" in errors[0]
+    assert "negative" in errors[1]
+    _check(wg, cfg, assets, fallback=0.3)  # the group is still usable afterwards

@@ -390,6 +390,14 @@ def test_run_single_node(tmp_path):
     cfg = compose(name, tuple(overrides))
     assert (cfg.trainer.n_gpus_per_node, cfg.prm.placement, cfg.prm.nnodes, cfg.prm.n_gpus_per_node) == (
         6, "own_pool", 1, 2)
+    # the default split keeps a trainer size that divides the recipe's ppo_mini_batch_size x n (128 x 8)
+    r = run(["bash", str(SINGLE_NODE), recipe, "--dry-run"], env={"GPUS_PER_NODE": "8", "PRM_PLACEMENT": "own_pool"},
+            cwd=tmp_path)
+    _, name, overrides = hydra_overrides(main_ppo_line(r.stdout))
+    cfg = compose(name, tuple(overrides))
+    assert (cfg.trainer.n_gpus_per_node, cfg.prm.n_gpus_per_node) == (4, 4)
+    n_total = cfg.actor_rollout_ref.actor.ppo_mini_batch_size * cfg.actor_rollout_ref.rollout.n
+    assert n_total % cfg.trainer.n_gpus_per_node == 0
 
     for env in ({"PRM_PLACEMENT": "elsewhere"}, {"PRM_PLACEMENT": "own_pool", "PRM_GPUS": "8", "GPUS_PER_NODE": "8"}):
         r = run(["bash", str(SINGLE_NODE), recipe, "--dry-run"], env=env, cwd=tmp_path)

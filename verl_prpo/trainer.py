@@ -77,6 +77,93 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
     return typed
 
 
+#: name of the PRM's own resource pool (``prm.placement=own_pool``) in verl's resource pool spec
+PRM_POOL = "prm_pool"
+
+
+def trainer_data_parallel_size(config: DictConfig) -> int:
+    """The actor's data-parallel world size, as verl's engines compute it, from the config alone.
+
+    ``trainer.nnodes x trainer.n_gpus_per_node`` GPUs (the global pool; an ``own_pool`` PRM is not part of it),
+    divided by the Ulysses sequence-parallel size (FSDP) or by TP x PP x CP (Megatron).
+    """
+    n_gpus = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+    actor = config.actor_rollout_ref.actor
+    if str(actor.get("strategy", "fsdp")) == "megatron":
+        mc = actor.megatron
+        model_parallel = int(mc.tensor_model_parallel_size) * int(mc.pipeline_model_parallel_size) * int(
+            mc.get("context_parallel_size", 1))
+    else:
+        fsdp_cfg = actor.get("fsdp_config", None) or {}
+        model_parallel = int(fsdp_cfg.get("ulysses_sequence_parallel_size", None)
+                             or actor.get("ulysses_sequence_parallel_size", 1) or 1)
+    if n_gpus % model_parallel:
+        raise ValueError(f"trainer.nnodes x trainer.n_gpus_per_node = {n_gpus} GPUs is not a multiple of the "
+                         f"actor's model-parallel size {model_parallel}")
+    return n_gpus // model_parallel
+
+
+def validate_batch_divisibility(config: DictConfig) -> None:
+    """verl asserts ``ppo_mini_batch_size x rollout.n`` divisible by the actor's DP size only inside the first
+    actor update (after a whole rollout); check it here, at start-up, for the trainer's real DP size."""
+    dp = trainer_data_parallel_size(config)
+    n = int(config.actor_rollout_ref.rollout.n)
+    checks = [("actor_rollout_ref.actor.ppo_mini_batch_size", int(config.actor_rollout_ref.actor.ppo_mini_batch_size))]
+    from verl.trainer.ppo.utils import need_critic
+
+    if config.get("critic", None) is not None and need_critic(config):
+        checks.append(("critic.ppo_mini_batch_size", int(config.critic.ppo_mini_batch_size)))
+    for key, mini in checks:
+        total = mini * n
+        if total % dp:
+            ok = [d for d in range(1, total + 1) if total % d == 0 and d <= 4 * dp]
+            prm = config.get("prm", None) or {}
+            hint = ""
+            if prm.get("enable", False) and prm.get("placement") == "own_pool":
+                hint = (f" With prm.placement=own_pool the PRM's {prm.get('nnodes', 1)} x "
+                        f"{prm.get('n_gpus_per_node', 1)} GPUs are not the trainer's: choose the split so that the "
+                        f"trainer keeps a divisor of {total} GPUs, or use prm.placement=colocate.")
+            raise ValueError(
+                f"{key} x actor_rollout_ref.rollout.n = {mini} x {n} = {total} is not divisible by the trainer's "
+                f"data-parallel size {dp} (trainer.nnodes x trainer.n_gpus_per_node = "
+                f"{int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)} GPUs); verl would fail in the "
+                f"first actor update. Data-parallel sizes that divide {total}: {ok}.{hint}")
+
+
+def check_cluster_gpus(resource_pool_spec: dict[str, list[int]], available_per_node: dict[str, float] | None = None
+                       ) -> None:
+    """Fail at start-up, naming the missing GPUs, when the Ray cluster cannot hold every pool of the spec.
+
+    ``resource_pool_spec``: verl's ``{pool: [GPUs on node 0, GPUs on node 1, ...]}`` (the PRM's own pool
+    included). Each node entry must fit on one Ray node (first-fit decreasing over the free GPUs per node);
+    otherwise Ray's placement groups would wait forever.
+    """
+    if available_per_node is None:
+        import ray
+
+        per_node = ray._private.state.available_resources_per_node()
+        available_per_node = {n: float(info.get("GPU", info.get("NPU", 0)) or 0) for n, info in per_node.items()}
+    need = sorted(((int(g), pool) for pool, nodes in resource_pool_spec.items() for g in nodes), reverse=True)
+    free = sorted((int(v) for v in available_per_node.values()), reverse=True)
+    total_need, total_free = sum(g for g, _ in need), sum(free)
+    pools = ", ".join(f"{pool}: {' + '.join(str(g) for g in nodes)}" for pool, nodes in resource_pool_spec.items())
+    if total_need > total_free:
+        raise ValueError(
+            f"the run needs {total_need} GPUs ({pools}) but the Ray cluster has {total_free} free: "
+            f"{total_need - total_free} GPU(s) missing. Add nodes, lower trainer.n_gpus_per_node / prm.n_gpus_per_node "
+            f"/ prm.nnodes, or use prm.placement=colocate (the PRM then shares the trainer's GPUs).")
+    for g, pool in need:
+        for i, f in enumerate(free):
+            if f >= g:
+                free[i] -= g
+                break
+        else:
+            raise ValueError(
+                f"pool {pool} needs {g} GPUs on one node but no Ray node has {g} free ({pools}; free per node: "
+                f"{sorted((int(v) for v in available_per_node.values()), reverse=True)}): "
+                f"{g - max(free, default=0)} GPU(s) missing on the largest node.")
+
+
 def ensure_reference_policy(config: DictConfig) -> bool:
     """PRL and SPRO need ``ref_log_prob`` even with the KL loss off: turn the KL loss on with coefficient 0.
 
@@ -95,11 +182,37 @@ def ensure_reference_policy(config: DictConfig) -> bool:
     return True
 
 
-def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
+def check_single_output_sessions(keys) -> None:
+    """Refuse batches where an agent-loop session returned several outputs.
+
+    TransferQueue keys are ``{uid}_{session_id}_{index}``. Upstream GRPO (``compute_advantage_for_multi_trajectories``)
+    computes group statistics on each session's LAST output and broadcasts them to the session's other outputs;
+    the process estimators score every output as a response of its own, which would weight such sessions more
+    and compare different things. Rather than train on a different objective silently, stop with a clear error.
+    """
+    sessions: dict[str, int] = {}
+    for key in keys:
+        parts = str(key).rsplit("_", 2)
+        if len(parts) != 3:
+            raise ValueError(f"prpo_sync: unexpected TransferQueue key {key!r} (expected uid_session_index)")
+        session = f"{parts[0]}_{parts[1]}"
+        sessions[session] = sessions.get(session, 0) + 1
+    multi = {s: n for s, n in sessions.items() if n > 1}
+    if multi:
+        example = next(iter(multi.items()))
+        raise ValueError(
+            f"prpo_sync: {len(multi)} agent-loop session(s) returned several outputs (e.g. session {example[0]!r}: "
+            f"{example[1]} outputs). Upstream GRPO uses only each session's last output; the process estimators "
+            f"(prpo, prl, spro, prm_avg) do not support multi-output sessions: use an agent loop that returns one "
+            f"output per session, or algorithm.adv_estimator=grpo.")
+
+
+def grpo_comparison_metrics(advantages: torch.Tensor, data, norm_by_std: bool = True) -> dict[str, float]:
     """How far the process estimator moved the advantage from verl's GRPO on the same batch.
 
     ``adv/mean_abs_diff_vs_grpo`` is the token-mean of |A - A_grpo| over valid tokens: 0 means the process signal
     changed nothing (for PRPO: every PRM score at the prior mean and no beta normalisation difference).
+    ``norm_by_std``: ``algorithm.norm_adv_by_std_in_grpo``, so the reference is the GRPO the user would run.
     """
     from verl_prpo.ops import outcome_advantage
 
@@ -108,7 +221,7 @@ def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
         return {}
     # verl's GRPO (unbiased std, eps 1e-6), vectorised; tests check ops.outcome_advantage against verl's function
     a_out, _ = outcome_advantage(data.batch["token_level_rewards"], data.batch["response_mask"],
-                                 data.non_tensor_batch["uid"])
+                                 data.non_tensor_batch["uid"], norm_by_std=bool(norm_by_std))
     diff = (advantages.float() - a_out[:, None].to(advantages.device)).abs()[mask]
     return {"adv/mean_abs_diff_vs_grpo": float(diff.mean())}
 
@@ -117,11 +230,26 @@ def grpo_comparison_metrics(advantages: torch.Tensor, data) -> dict[str, float]:
 class PRPOTrainerSync(PPOTrainerSync):
     """Synchronous V1 trainer that feeds the process-reward estimators (see the module docstring)."""
 
+    # verl 0.9.1 compares ``self.trainer_mode`` with the string "sync" (trainer_base.py: replay buffer class,
+    # exact refill, TransferQueue checkpoint on save/resume, re-issue of in-flight prompts, prompt storage) and
+    # reads ``trainer.v1.<mode>`` for the mode's options. prpo_sync is the sync loop, so verl must see "sync"
+    # everywhere; the config keeps ``trainer.v1.trainer_mode=prpo_sync`` (main_ppo selects this class by it).
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        if value not in (TRAINER_MODE, "sync"):
+            raise ValueError(f"{type(self).__name__} is the '{TRAINER_MODE}' trainer mode, got "
+                             f"trainer.v1.trainer_mode={value!r}")
+
     def __init__(self, config: DictConfig):
         self.plugin_config = validate_plugin_config(config)
         self.adv_name = str(config.algorithm.adv_estimator)
         if self.adv_name in REF_ESTIMATORS:
             ensure_reference_policy(config)
+        validate_batch_divisibility(config)
         super().__init__(config)
         self.prm_scorer = None
         self._newline_mask: torch.Tensor | None = None
@@ -135,8 +263,21 @@ class PRPOTrainerSync(PPOTrainerSync):
             actor_pool = self.resource_pool_manager.get_resource_pool(self._actor_role())
             self.prm_scorer = PRMScorer.create(
                 self.plugin_config["prm"], self.config, actor_pool=actor_pool,
+                prm_pool=self.resource_pool_manager.resource_pool_dict.get(PRM_POOL),
                 prior_mean=self.plugin_config["estimator"].mu)
             logger.info("PRM worker group ready (%s)", self.plugin_config["prm"].placement)
+
+    def _uses_prm(self) -> bool:
+        return self.adv_name in PRM_ESTIMATORS and self.plugin_config["prm"].enable
+
+    def _init_resource_pool_mgr(self):
+        """verl's pools plus the PRM's own pool (``own_pool``), so that verl creates and checks it with the others;
+        a cluster too small for all of them fails here, before any placement group waits."""
+        super()._init_resource_pool_mgr()
+        prm = self.plugin_config["prm"]
+        if self._uses_prm() and prm.placement == "own_pool":
+            self.resource_pool_manager.resource_pool_spec[PRM_POOL] = [prm.n_gpus_per_node] * prm.nnodes
+        check_cluster_gpus(self.resource_pool_manager.resource_pool_spec)
 
     def _actor_role(self):
         from verl.trainer.ppo.utils import Role
@@ -150,6 +291,8 @@ class PRPOTrainerSync(PPOTrainerSync):
     def _compute_advantage(self, batch, metrics: dict):
         if self.adv_name not in PROCESS_ESTIMATORS:
             return super()._compute_advantage(batch, metrics)
+
+        check_single_output_sessions(batch.keys)
 
         import transfer_queue as tq
         from tensordict import TensorDict
@@ -176,7 +319,10 @@ class PRPOTrainerSync(PPOTrainerSync):
         else:
             data.batch["token_level_rewards"] = data.batch["token_level_scores"]
 
-        # 2. rollout correction (upstream behaviour, decoupled mode only)
+        # 2. rollout correction (upstream behaviour, decoupled mode only). Rejection sampling may zero tokens or
+        # whole responses of response_mask; segmentation and PRM scoring use the mask as the policy produced it
+        # (a segment is a piece of the generated text), the estimator gets the corrected mask.
+        segment_mask = data.batch["response_mask"].clone()
         rc_cfg = self.config.algorithm.get("rollout_correction", None)
         bypass = rc_cfg and rc_cfg.get("bypass_mode", False)
         rollout_correction = rc_cfg is not None and "rollout_log_probs" in data.batch and not bypass
@@ -185,7 +331,7 @@ class PRPOTrainerSync(PPOTrainerSync):
             metrics.update(is_metrics)
 
         # 3. segmentation and PRM scores
-        kwargs = self._estimator_inputs(batch, data, metrics)
+        kwargs = self._estimator_inputs(batch, data, metrics, segment_mask)
 
         # 4. the estimator itself
         est_metrics: dict[str, float] = {}
@@ -201,7 +347,8 @@ class PRPOTrainerSync(PPOTrainerSync):
         data.batch["advantages"] = advantages
         data.batch["returns"] = returns
         metrics.update(est_metrics)
-        metrics.update(grpo_comparison_metrics(advantages, data))
+        metrics.update(grpo_comparison_metrics(
+            advantages, data, norm_by_std=self.config.algorithm.get("norm_adv_by_std_in_grpo", True)))
 
         # 5. write back (same fields as upstream)
         out_fields = ["advantages", "returns"]
@@ -215,29 +362,36 @@ class PRPOTrainerSync(PPOTrainerSync):
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
                                fields=TensorDict(output, batch_size=len(batch)))
 
-    def _estimator_inputs(self, batch, data, metrics: dict) -> dict[str, Any]:
-        """Everything the estimator needs beyond rewards, mask and uid."""
+    def _estimator_inputs(self, batch, data, metrics: dict, segment_mask: torch.Tensor | None = None
+                          ) -> dict[str, Any]:
+        """Everything the estimator needs beyond rewards, mask and uid.
+
+        ``segment_mask`` (B, L): the response mask before rollout correction (default: the batch's mask); the
+        segmentation and the PRM see it, so a rejected token never splits a segment.
+        """
         b = data.batch
         kwargs: dict[str, Any] = {}
         for key in ("entropy", "old_log_probs", "ref_log_prob"):
             if key in b.keys():
                 kwargs[key] = b[key]
         cfg = self.plugin_config["estimator"]
+        mask = b["response_mask"] if segment_mask is None else segment_mask
 
         if self.adv_name == "prl":
-            kwargs["segment_ids"] = self._segment(b, cfg.segmentation, step_len=cfg.step_len).segment_ids
+            kwargs["segment_ids"] = self._segment(b, mask, cfg.segmentation, step_len=cfg.step_len).segment_ids
             return kwargs
         if self.adv_name not in PRM_ESTIMATORS:
             return kwargs
 
-        seg = self._segment(b, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
+        seg = self._segment(b, mask, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
                             step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps))
         kwargs["segment_ids"] = seg.segment_ids
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
             # "correct" = positive outcome reward, for the PRM/outcome agreement metric
             scores, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids,
-                                                        correct=b["token_level_rewards"].sum(-1) > 0)
+                                                        correct=b["token_level_rewards"].sum(-1) > 0,
+                                                        response_mask=mask)
             metrics["timing_s/prm"] = time.perf_counter() - t0
             metrics.update(prm_metrics)
             kwargs["prm_scores"] = scores
@@ -249,14 +403,14 @@ class PRPOTrainerSync(PPOTrainerSync):
                 f"or put per-token scores in the batch under '{PRM_SCORES_KEY}'.")
         return kwargs
 
-    def _segment(self, b, strategy: str, **kwargs):
-        """``segmentation.segment`` on the batch; the newline strategy also gets the tokens and the tokenizer table."""
+    def _segment(self, b, mask: torch.Tensor, strategy: str, **kwargs):
+        """``segmentation.segment`` of ``mask``; the newline strategy also gets the tokens and the tokenizer table."""
         from verl_prpo.segmentation import segment
 
         if strategy == "newline":
             kwargs.update(newline_token_mask=self._newline_token_mask(),
                           responses=b["responses"] if "responses" in b.keys() else None)
-        return segment(strategy, b["response_mask"], **kwargs)
+        return segment(strategy, mask, **kwargs)
 
     def _newline_token_mask(self) -> torch.Tensor:
         if self._newline_mask is None:

@@ -232,7 +232,7 @@ class PRMAdapter:
 
     def _dummy_forward(self) -> None:
         ids = torch.full((1, 1), self.pad_token_id, dtype=torch.long, device=self.device)
-        with torch.inference_mode():
+        with torch.no_grad():
             self._forward(ids, torch.ones_like(ids))
 
     # ------------------------------------------------------------------ scoring
@@ -290,7 +290,7 @@ class PRMAdapter:
                 mask[r, : len(x.input_ids)] = 1
                 rows.extend([r] * x.num_kept)
                 cols.extend(x.score_positions)
-            with torch.inference_mode():
+            with torch.no_grad():
                 logits = self._forward(ids.to(self.device), mask.to(self.device))
                 if logits.dim() != 3 or logits.shape[:2] != ids.shape:
                     raise ValueError(f"PRM logits must have shape (batch, tokens, labels) = {tuple(ids.shape)} + "
@@ -388,20 +388,40 @@ class QwenMathPRMAdapter(PRMAdapter):
 
 # ---------------------------------------------------------------------------------------------------- loading
 def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
-    if device.type == "cpu":
+    """The parameter dtype for COMPUTE on ``device``: ``prm.dtype`` on an accelerator, float32 on CPU.
+
+    Pass the device the forwards run on, not the device the weights are loaded to: an offloaded or sharded PRM
+    that computes on a GPU is loaded in ``prm.dtype`` even though its weights first land in host memory.
+    """
+    if torch.device(device).type == "cpu":
         return torch.float32  # bf16 matmuls on CPU are slow and less accurate; always float32 there
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
+compute_dtype = _torch_dtype
+
+
+#: architecture name of the Qwen2.5-Math-PRM family, loaded natively (``verl_prpo.prm.qwen_prm_model``)
+QWEN_PRM_ARCHITECTURE = "Qwen2ForProcessRewardModel"
+
+
+def _architectures(model_config) -> list[str]:
+    return [str(a) for a in (getattr(model_config, "architectures", None) or [])]
+
+
+def is_native_qwen_prm(model_config) -> bool:
+    """True when the checkpoint declares ``Qwen2ForProcessRewardModel`` (loaded without its remote code)."""
+    return QWEN_PRM_ARCHITECTURE in _architectures(model_config)
+
+
 def resolve_adapter_kind(config: PRMConfig, model_config=None, tokenizer=None) -> str:
-    """``auto`` -> ``qwen_math_prm`` if the architectures mention Qwen2ForProcessRewardModel, or the tokenizer has
-    ``<extra_0>`` and a chat template and trust_remote_code is on; ``token_classification`` otherwise."""
+    """``auto`` -> ``qwen_math_prm`` if the architectures name Qwen2ForProcessRewardModel, or the tokenizer has
+    ``<extra_0>`` and a chat template; ``token_classification`` otherwise."""
     if config.adapter != "auto":
         return config.adapter
-    archs = list(getattr(model_config, "architectures", None) or [])
-    if any("Qwen2ForProcessRewardModel" in a for a in archs):
+    if is_native_qwen_prm(model_config):
         return "qwen_math_prm"
-    if tokenizer is not None and config.trust_remote_code and getattr(tokenizer, "chat_template", None):
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         vocab = tokenizer.get_vocab()
         if QWEN_STEP_SEPARATOR in vocab:
             return "qwen_math_prm"
@@ -417,6 +437,24 @@ def resolve_step_separator(config: PRMConfig, kind: str, model_config=None) -> s
     return QWEN_STEP_SEPARATOR if kind == "qwen_math_prm" else TOKEN_CLASSIFICATION_STEP_SEPARATOR
 
 
+def load_model_config(config: PRMConfig):
+    """The PRM's config, without running checkpoint code for architectures this package implements.
+
+    ``config.json`` is read as a plain dict first; a ``Qwen2ForProcessRewardModel`` checkpoint then gets the stock
+    ``Qwen2Config`` whatever its ``auto_map`` says (and whatever ``prm.trust_remote_code`` is). Any other
+    checkpoint goes through ``AutoConfig`` with ``prm.trust_remote_code``.
+    """
+    from transformers import AutoConfig, PretrainedConfig, Qwen2Config
+
+    raw, _ = PretrainedConfig.get_config_dict(config.model_path)
+    if QWEN_PRM_ARCHITECTURE in (raw.get("architectures") or []):
+        if raw.get("model_type", "qwen2") != "qwen2":
+            raise ValueError(f"prm.model_path={config.model_path}: architecture {QWEN_PRM_ARCHITECTURE} with "
+                             f"model_type {raw.get('model_type')!r}; expected 'qwen2'")
+        return Qwen2Config.from_pretrained(config.model_path)
+    return AutoConfig.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
+
+
 def _from_pretrained(auto_cls, path: str, **kw):
     try:
         return auto_cls.from_pretrained(path, attn_implementation="sdpa", **kw)
@@ -425,23 +463,87 @@ def _from_pretrained(auto_cls, path: str, **kw):
         return auto_cls.from_pretrained(path, **kw)
 
 
-def load_model(config: PRMConfig, kind: str, device: torch.device, model_config=None) -> torch.nn.Module:
+def _device_map(device: torch.device) -> dict:
+    """Load straight into accelerator memory (no transient host copy per rank); CPU loads need no map."""
+    device = torch.device(device)
+    return {} if device.type == "cpu" else {"device_map": str(device)}
+
+
+def _load_native_qwen_prm(config: PRMConfig, model_config, dtype: torch.dtype,
+                          device: torch.device) -> torch.nn.Module:
+    from verl_prpo.prm.qwen_prm_model import Qwen2ForProcessRewardModel
+
+    model, info = Qwen2ForProcessRewardModel.from_pretrained(
+        config.model_path, config=model_config, dtype=dtype, attn_implementation="sdpa", output_loading_info=True,
+        **_device_map(device))
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(f"prm.model_path={config.model_path}: the {QWEN_PRM_ARCHITECTURE} checkpoint lacks "
+                         f"{len(missing)} weights (e.g. {missing[:4]}); expected model.*, score.0.*, score.2.*")
+    return model
+
+
+def load_tokenizer(config: PRMConfig, model_config=None):
+    """The PRM's tokenizer (remote code only for checkpoints this package does not implement natively)."""
+    from transformers import AutoTokenizer
+
+    native = is_native_qwen_prm(model_config)
+    return AutoTokenizer.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code and not native)
+
+
+def build_empty_model(config: PRMConfig, kind: str, model_config, dtype: torch.dtype) -> torch.nn.Module:
+    """The PRM's module tree on the ``meta`` device (no memory): for sizing and for ranks that receive their
+    shard from rank 0. Same class selection as ``load_model``."""
+    from transformers import AutoModel, AutoModelForTokenClassification
+
+    archs = _architectures(model_config)
+    auto_map = getattr(model_config, "auto_map", None) or {}
+    with torch.device("meta"):
+        if is_native_qwen_prm(model_config):
+            from verl_prpo.prm.qwen_prm_model import Qwen2ForProcessRewardModel
+
+            model = Qwen2ForProcessRewardModel._from_config(model_config, dtype=dtype, attn_implementation="sdpa")
+        elif kind == "qwen_math_prm" and ("AutoModel" in auto_map or not any(a.endswith("ForTokenClassification")
+                                                                             for a in archs)):
+            model = AutoModel.from_config(model_config, trust_remote_code=config.trust_remote_code, dtype=dtype)
+        else:
+            model = AutoModelForTokenClassification.from_config(model_config, dtype=dtype,
+                                                                trust_remote_code=config.trust_remote_code)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_model(config: PRMConfig, kind: str, device: torch.device, model_config=None,
+               dtype: torch.dtype | None = None) -> torch.nn.Module:
     """``from_pretrained`` on ``config.model_path`` (a directory or a hub name), eval mode, on ``device``.
 
-    Qwen: ``AutoModel`` with trust_remote_code when the checkpoint ships its own class (``auto_map``); a checkpoint
-    whose architecture is a stock ``...ForTokenClassification`` is loaded with ``AutoModelForTokenClassification``
-    (same (B, T, 2) output). Token classification: ``AutoModelForTokenClassification``.
+    * architecture ``Qwen2ForProcessRewardModel``: the native class of ``qwen_prm_model`` (never remote code);
+    * a stock ``...ForTokenClassification`` architecture: ``AutoModelForTokenClassification``;
+    * another Qwen-style PRM that ships its own class (``auto_map``): ``AutoModel``, which needs
+      ``prm.trust_remote_code=true``.
+
+    ``dtype`` defaults to ``prm.dtype`` on an accelerator and float32 on CPU.
     """
     from transformers import AutoModel, AutoModelForTokenClassification
 
-    kw = {"trust_remote_code": config.trust_remote_code, "dtype": _torch_dtype(config.dtype, device)}
-    archs = list(getattr(model_config, "architectures", None) or [])
+    if dtype is None:
+        dtype = _torch_dtype(config.dtype, device)
+    archs = _architectures(model_config)
     auto_map = getattr(model_config, "auto_map", None) or {}
-    if kind == "qwen_math_prm" and ("AutoModel" in auto_map or not any(a.endswith("ForTokenClassification")
-                                                                       for a in archs)):
-        model = _from_pretrained(AutoModel, config.model_path, **kw)
+    if is_native_qwen_prm(model_config):
+        model = _load_native_qwen_prm(config, model_config, dtype, device)
+    elif kind == "qwen_math_prm" and ("AutoModel" in auto_map or not any(a.endswith("ForTokenClassification")
+                                                                         for a in archs)):
+        if "AutoModel" in auto_map and not config.trust_remote_code:
+            raise ValueError(f"prm.model_path={config.model_path} ships its own model class "
+                             f"({auto_map['AutoModel']}, architectures {archs}); set prm.trust_remote_code=true to "
+                             f"run it (only for code you trust)")
+        model = _from_pretrained(AutoModel, config.model_path, trust_remote_code=config.trust_remote_code,
+                                 dtype=dtype, **_device_map(device))
     else:
-        model = _from_pretrained(AutoModelForTokenClassification, config.model_path, **kw)
+        model = _from_pretrained(AutoModelForTokenClassification, config.model_path,
+                                 trust_remote_code=config.trust_remote_code, dtype=dtype, **_device_map(device))
     model.eval()
     model.requires_grad_(False)
     return model.to(device)
@@ -462,13 +564,11 @@ def make_adapter(config: PRMConfig, model: torch.nn.Module, tokenizer, *, kind: 
 
 def load_prm(config: PRMConfig, device: str | torch.device = "cpu") -> PRMAdapter:
     """Load the PRM named by ``config.model_path`` and its tokenizer and return the matching adapter."""
-    from transformers import AutoConfig, AutoTokenizer
-
     if config.model_path is None:
         raise ValueError("prm.model_path is required to load a PRM")
     device = torch.device(device)
-    model_config = AutoConfig.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
+    model_config = load_model_config(config)
+    tokenizer = load_tokenizer(config, model_config)
     kind = resolve_adapter_kind(config, model_config, tokenizer)
     model = load_model(config, kind, device, model_config)
     adapter = make_adapter(config, model, tokenizer, kind=kind, device=device, model_config=model_config)

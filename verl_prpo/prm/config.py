@@ -24,6 +24,7 @@ TOKEN_CLASSIFICATION_STEP_SEPARATOR = "\n\n"
 ADAPTERS = ("auto", "qwen_math_prm", "token_classification")
 PLACEMENTS = ("colocate", "own_pool")
 DTYPES = ("bfloat16", "float16", "float32")
+SHARDINGS = ("auto", "replicate", "shard")
 
 
 def _err(field: str, msg: str) -> ValueError:
@@ -40,7 +41,7 @@ class PRMConfig:
         adapter: ``qwen_math_prm`` (chat template, ``<extra_0>`` after every step, 2-class head read at each
             ``<extra_0>``), ``token_classification`` (TRL PRM layout, see ``adapters.py``), or ``auto``: Qwen when
             the model config's ``architectures`` mention ``Qwen2ForProcessRewardModel``, or when its tokenizer has
-            ``<extra_0>`` and a chat template and ``trust_remote_code`` is on; token classification otherwise.
+            ``<extra_0>`` and a chat template; token classification otherwise.
         step_separator: None = the model config's ``step_separator`` attribute if it has one, else ``"\\n\\n"``
             (token classification) / ``"<extra_0>"`` (Qwen).
         system_prompt: system message of the Qwen chat template.
@@ -49,12 +50,19 @@ class PRMConfig:
             segments, which get the fallback score and are counted).
         max_tokens_per_batch: packing budget of one forward: batch size x longest input (padding included).
         dtype: parameter dtype on GPU. On CPU float32 is always used.
-        trust_remote_code: passed to ``from_pretrained`` (the Qwen PRM ships its own model class).
+        trust_remote_code: passed to ``from_pretrained`` for checkpoints whose class this package does not
+            implement (off by default). ``Qwen2ForProcessRewardModel`` (Qwen2.5-Math-PRM) is always loaded natively,
+            without its hub code, whatever this says.
         placement: ``colocate`` (a worker group on the actor's resource pool) or ``own_pool`` (its own GPUs,
             ``nnodes`` x ``n_gpus_per_node``).
         nnodes, n_gpus_per_node: size of the PRM's own pool (``own_pool``).
-        param_offload: keep the PRM parameters in CPU memory between scoring calls; None = True for ``colocate``,
-            False for ``own_pool``.
+        param_offload: keep the PRM parameters in (pinned) CPU memory between scoring calls; None = True for
+            ``colocate``, False for ``own_pool``. GPU only.
+        sharding: ``replicate`` (one full copy per GPU), ``shard`` (FSDP2 within each node: parameters are
+            gathered only between the GPUs of one node, nodes hold replicas), or ``auto``: replicate when the
+            parameters in ``prm.dtype`` take at most ``replica_memory_fraction`` of one GPU's memory, else shard.
+        replica_memory_fraction: the ``auto`` threshold (0.3: a 7B PRM in bf16, 15 GB, is replicated on 80 GB
+            GPUs and sharded on 40 GB GPUs).
         scores_from_batch: with ``enable=false``, take per-token scores from the batch field ``prm_scores`` that
             a custom pipeline (agent loop, reward manager) writes; without it, ``prpo``/``prm_avg`` with the PRM
             disabled is a start-up error.
@@ -69,11 +77,13 @@ class PRMConfig:
     max_length: int = 4096
     max_tokens_per_batch: int = 16384
     dtype: str = "bfloat16"
-    trust_remote_code: bool = True
+    trust_remote_code: bool = False
     placement: str = "colocate"
     nnodes: int = 1
     n_gpus_per_node: int = 1
     param_offload: bool | None = None
+    sharding: str = "auto"
+    replica_memory_fraction: float = 0.3
     scores_from_batch: bool = False
 
     def __post_init__(self) -> None:
@@ -112,6 +122,13 @@ class PRMConfig:
             raise _err("nnodes", f"must be >= 1, got {self.nnodes}")
         if self.n_gpus_per_node < 1:
             raise _err("n_gpus_per_node", f"must be >= 1, got {self.n_gpus_per_node}")
+        if self.sharding not in SHARDINGS:
+            raise _err("sharding", f"must be one of {SHARDINGS}, got {self.sharding!r}")
+        if isinstance(self.replica_memory_fraction, bool) or not isinstance(self.replica_memory_fraction,
+                                                                            (int, float)) \
+                or not 0.0 < float(self.replica_memory_fraction) <= 1.0:
+            raise _err("replica_memory_fraction", f"must be in (0, 1], got {self.replica_memory_fraction!r}")
+        self.replica_memory_fraction = float(self.replica_memory_fraction)
         if self.param_offload is None:
             self.param_offload = self.placement == "colocate"
 

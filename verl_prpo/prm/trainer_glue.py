@@ -5,7 +5,9 @@ Placement (``prm.placement``):
 * ``colocate`` (default): the PRM workers join the actor's resource pool; verl shares each bundle's GPU between
   worker groups by fractional requests, and the PRM parameters are offloaded to CPU between scoring calls
   (``prm.param_offload``), so the PRM costs memory only while it scores.
-* ``own_pool``: a separate pool of ``prm.nnodes`` x ``prm.n_gpus_per_node`` GPUs (on SLURM: extra nodes for the PRM).
+* ``own_pool``: a separate pool of ``prm.nnodes`` x ``prm.n_gpus_per_node`` GPUs (on SLURM: extra nodes for the PRM),
+  declared in verl's resource pool spec as ``prm_pool``: verl creates it with the trainer's pools, and a cluster
+  without enough free GPUs is a start-up error that says how many are missing.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ class PRMScorer:
         self.prior_mean = prior_mean
 
     @classmethod
-    def create(cls, prm_config: PRMConfig, config, *, actor_pool, tokenizer=None, prior_mean: float = 0.5):
+    def create(cls, prm_config: PRMConfig, config, *, actor_pool, prm_pool=None, tokenizer=None,
+               prior_mean: float = 0.5):
+        """``prm_pool``: the ``own_pool`` pool verl created from its resource pool spec (the trainer adds it there,
+        so verl's resource check covers it); without it a pool is made here (direct use outside the trainer)."""
         from verl_prpo.prm.worker import create_prm_worker_group, make_prm_resource_pool
 
         if prm_config.placement == "own_pool":
-            pool = make_prm_resource_pool(prm_config)
+            pool = prm_pool if prm_pool is not None else make_prm_resource_pool(prm_config)
         else:
             pool = actor_pool
         model = config.actor_rollout_ref.model
@@ -40,9 +45,13 @@ class PRMScorer:
         wg = create_prm_worker_group(prm_config, tok_path, pool, name_prefix="prm")
         return cls(wg, prm_config, prior_mean=prior_mean)
 
-    def score(self, batch, data, segment_ids: torch.Tensor, correct: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Per-token PRM scores ``(B, L)`` for the rows of ``data`` (same order as ``batch.keys``)."""
+    def score(self, batch, data, segment_ids: torch.Tensor, correct: torch.Tensor | None = None,
+              response_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-token PRM scores ``(B, L)`` for the rows of ``data`` (same order as ``batch.keys``).
+
+        ``response_mask``: the mask ``segment_ids`` was computed on (the trainer passes the mask before rollout
+        correction); default ``data.batch["response_mask"]``.
+        """
         import transfer_queue as tq
 
         from verl_prpo.prm.scoring import prm_metrics, questions_from_batch
@@ -54,10 +63,10 @@ class PRMScorer:
         extra_infos = list(meta["extra_info"]) if "extra_info" in meta.keys() else None
         questions = questions_from_batch(raw_prompts, extra_infos)
         b = data.batch
+        mask = b["response_mask"] if response_mask is None else response_mask
         scores, stats = compute_prm_scores_with_group(
-            self.worker_group, b["responses"], b["response_mask"], segment_ids, questions,
-            prior_mean=self.prior_mean)
-        metrics = prm_metrics(scores, b["response_mask"], stats, correct)
+            self.worker_group, b["responses"], mask, segment_ids, questions, prior_mean=self.prior_mean)
+        metrics = prm_metrics(scores, mask, stats, correct)
         if stats.get("truncated_segments"):
             logger.warning("PRM: %d segments did not fit prm.max_length=%d and got the prior mean %.3f",
                            stats["truncated_segments"], self.config.max_length, self.prior_mean)

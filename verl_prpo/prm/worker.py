@@ -5,16 +5,24 @@ PRM gets its own worker group: ``PRMWorker`` is a ``verl.single_controller.base.
 ``RayWorkerGroup``; ``compute_prm_scores`` is registered with ``Dispatch.DP_COMPUTE_PROTO`` so the controller's
 ``DataProto`` is split across the ranks and the results are concatenated back.
 
-Device and sharding (decided in ``init_model``):
+Placement, sharding and dtype (decided in ``init_model``; ``plan_placement`` is the rule):
 
-* CUDA available: the model is loaded in ``prm.dtype`` (bf16 by default) on the worker's GPU. With more than one
-  rank (``fsdp="auto"``) it is wrapped with FSDP2 ``fully_shard`` (every decoder layer, then the root) over an
-  NCCL process group; ``prm.param_offload`` then uses FSDP2's ``CPUOffloadPolicy``. With one rank and
-  ``param_offload`` the parameters are moved to the GPU for each scoring call and back to CPU afterwards.
+* CUDA available: the PRM computes in ``prm.dtype`` (bf16 by default) on the worker's GPU; weights are loaded in
+  that dtype even when they first land in host memory (offload, sharding). ``prm.sharding=auto`` keeps one full
+  copy per GPU when the weights take at most ``prm.replica_memory_fraction`` of the GPU's memory, and otherwise
+  shards with FSDP2 *within each node* (HSDP: gathers stay on the node's interconnect, nodes hold replicas).
+  A sharded PRM is materialised from a single host copy on rank 0 (the other ranks build it on the ``meta``
+  device and receive their shards), so no rank holds a full float32 host copy.
+  ``prm.param_offload`` keeps the weights in pinned host memory between scoring calls (unsharded: the frozen
+  parameters are copied to the GPU per call and dropped afterwards; sharded: FSDP2's ``CPUOffloadPolicy`` with
+  pinned memory). After every scoring call the PRM's GPU memory is released: a sharded model is resharded (FSDP2
+  keeps the root's parameters gathered after a forward otherwise) and the CUDA cache is emptied.
   Because FSDP gathers parameters collectively, the ranks agree on the number of forwards of every call
-  (an all-reduce MAX); a rank with fewer packed batches runs one-token dummy forwards.
-* CPU only: plain float32, no sharding, no offload: every rank holds a full copy (the tiny test PRMs). Passing
-  ``fsdp="always"`` shards on CPU too (gloo), which exercises the synchronised-forward logic in tests.
+  (an all-reduce MAX); a rank with fewer packed batches runs one-token dummy forwards. A rank whose scoring fails
+  completes the agreed forwards, then every rank raises (an all-reduced error flag): no rank raises alone while
+  the others wait in a collective.
+* CPU only: plain float32, no offload; every rank holds a full copy (the tiny test PRMs). ``fsdp="always"``
+  shards on CPU too (gloo), which exercises the sharded code path in tests.
 
 Input ``DataProto``: batch ``responses`` (B, L) long, ``response_mask`` (B, L), ``prm_segment_ids`` (B, L) long
 (-1 outside the mask), non-tensor ``question`` (B,) object array of str; optional ``meta_info["prior_mean"]``
@@ -46,22 +54,66 @@ logger = logging.getLogger(__name__)
 ROW_STAT_KEYS = ("prm_num_segments", "prm_truncated_segments", "prm_truncated_question", "prm_tokens")
 
 
+def plan_placement(*, sharding: str, use_cuda: bool, world_size: int, ranks_per_node: int, param_bytes: int,
+                   device_memory_bytes: int | None, replica_memory_fraction: float) -> dict[str, Any]:
+    """Where the PRM's weights live: one full copy per rank, or FSDP2 shards within each node.
+
+    ``sharding``: ``auto`` | ``replicate`` | ``shard`` (``prm.sharding``; the worker's ``fsdp`` argument maps
+    ``never``/``always`` onto the last two). ``auto`` shards only on CUDA, with more than one rank per node, when
+    ``param_bytes > replica_memory_fraction * device_memory_bytes``.
+    Returns ``{"sharded": bool, "shard_group_size": int, "replicas": int, "reason": str}``.
+    """
+    if world_size % ranks_per_node:
+        raise ValueError(f"PRM worker group: {world_size} ranks are not a whole number of nodes of {ranks_per_node}")
+    if sharding == "replicate" or world_size == 1 and sharding != "shard":
+        return {"sharded": False, "shard_group_size": 1, "replicas": world_size, "reason": "one full copy per rank"}
+    if sharding == "auto":
+        if not use_cuda:
+            return {"sharded": False, "shard_group_size": 1, "replicas": world_size, "reason": "CPU: full copies"}
+        budget = replica_memory_fraction * float(device_memory_bytes or 0)
+        if param_bytes <= budget or ranks_per_node == 1:
+            why = "fits" if param_bytes <= budget else "one rank per node (sharding would cross nodes)"
+            return {"sharded": False, "shard_group_size": 1, "replicas": world_size,
+                    "reason": f"{param_bytes / 2**30:.1f} GiB of weights, budget {budget / 2**30:.1f} GiB: {why}"}
+    elif sharding != "shard":
+        raise ValueError(f"prm.sharding must be auto, replicate or shard, got {sharding!r}")
+    return {"sharded": True, "shard_group_size": ranks_per_node, "replicas": world_size // ranks_per_node,
+            "reason": f"sharded within each node over {ranks_per_node} ranks"}
+
+
+def _is_pinned(t: torch.Tensor) -> bool:
+    try:
+        return bool(t.is_pinned())
+    except RuntimeError:  # no accelerator runtime
+        return False
+
+
+_FSDP_TO_SHARDING = {"never": "replicate", "always": "shard"}
+
+
 class PRMWorker(Worker):
     """Scores segmented responses with a PRM (see the module docstring)."""
 
-    def __init__(self, prm_config: dict | PRMConfig, policy_tokenizer_path: str, fsdp: str = "auto") -> None:
+    def __init__(self, prm_config: dict | PRMConfig, policy_tokenizer_path: str, fsdp: str | None = None) -> None:
         super().__init__()
         self.config = PRMConfig.from_config(prm_config)
         if self.config.model_path is None:
             raise ValueError("prm.model_path is required to start the PRM worker group")
-        if fsdp not in ("auto", "never", "always"):
+        if fsdp not in (None, "auto", "never", "always"):
             raise ValueError(f"fsdp must be auto, never or always, got {fsdp!r}")
+        # fsdp (tests, callers) overrides prm.sharding
+        self.sharding = self.config.sharding if fsdp is None else _FSDP_TO_SHARDING.get(fsdp, "auto")
         self.policy_tokenizer_path = policy_tokenizer_path
-        self.fsdp_mode = fsdp
         self.adapter = None
         self.policy_tokenizer = None
         self.sharded = False
         self.device = None
+        self.dtype = None
+        self.plan: dict[str, Any] = {}
+        self._offload = False
+        self._host_params: list[torch.Tensor] = []
+        self.memory_releases = 0
+        self.host_full_copy = False  # this rank materialised the whole model in host memory
 
     # ------------------------------------------------------------------ setup
     def _init_process_group(self, backend: str) -> None:
@@ -70,50 +122,150 @@ class PRMWorker(Worker):
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world_size)
 
+    def _ranks_per_node(self) -> int:
+        # verl's RayWorkerGroup sets RAY_LOCAL_WORLD_SIZE to the bundles per node of the resource pool
+        n = int(os.environ.get("RAY_LOCAL_WORLD_SIZE", self.world_size) or self.world_size)
+        return max(1, min(n, self.world_size))
+
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> dict[str, Any]:
         from transformers import AutoTokenizer
 
-        from verl_prpo.prm.adapters import load_prm
+        from verl_prpo.prm.adapters import (
+            build_empty_model,
+            compute_dtype,
+            load_model,
+            load_model_config,
+            load_tokenizer,
+            make_adapter,
+            resolve_adapter_kind,
+        )
 
+        cfg = self.config
         use_cuda = torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
-        self.sharded = self.fsdp_mode == "always" or (self.fsdp_mode == "auto" and use_cuda and self.world_size > 1)
-        offload = bool(self.config.param_offload) and use_cuda
+        self.dtype = compute_dtype(cfg.dtype, self.device)  # the compute device decides, not the load device
         self.policy_tokenizer = AutoTokenizer.from_pretrained(self.policy_tokenizer_path,
-                                                              trust_remote_code=self.config.trust_remote_code)
-        # unsharded + offload: keep the weights on CPU until a scoring call
-        load_device = torch.device("cpu") if (offload or self.sharded) else self.device
-        adapter = load_prm(self.config, load_device)
+                                                              trust_remote_code=cfg.trust_remote_code)
+        model_config = load_model_config(cfg)
+        tokenizer = load_tokenizer(cfg, model_config)
+        kind = resolve_adapter_kind(cfg, model_config, tokenizer)
+        skeleton = build_empty_model(cfg, kind, model_config, self.dtype)
+        param_bytes = sum(p.numel() * p.element_size() for p in skeleton.parameters())
+        self.plan = plan_placement(
+            sharding=self.sharding, use_cuda=use_cuda, world_size=self.world_size,
+            ranks_per_node=self._ranks_per_node(), param_bytes=param_bytes,
+            device_memory_bytes=torch.cuda.get_device_properties(self.device).total_memory if use_cuda else None,
+            replica_memory_fraction=cfg.replica_memory_fraction)
+        self.plan["param_bytes"] = int(param_bytes)
+        self.sharded = self.plan["sharded"]
+        offload = bool(cfg.param_offload) and use_cuda
         if self.sharded:
             self._init_process_group("nccl" if use_cuda else "gloo")
-            self._shard(adapter.model, offload=offload)
-        adapter.device = self.device
+            model = self._load_sharded(cfg, kind, model_config, skeleton, offload=offload)
+        else:
+            del skeleton
+            # offloaded: weights in host memory (in the compute dtype) until a scoring call
+            model = load_model(cfg, kind, torch.device("cpu") if offload else self.device, model_config,
+                               dtype=self.dtype)
+            self.host_full_copy = offload or self.device.type == "cpu"
+            if offload:
+                self._pin_host_params(model)
         self._offload = offload and not self.sharded
-        self.adapter = adapter
+        self.adapter = make_adapter(cfg, model, tokenizer, kind=kind, device=self.device, model_config=model_config)
+        logger.info("PRM rank %d: %s, %s on %s (%s)", self.rank, kind, self.dtype, self.device, self.plan["reason"])
         return self.describe()
+
+    def _pin_host_params(self, model: torch.nn.Module) -> None:
+        """Unsharded offload: parameters stay in pinned host memory; buffers (rotary tables) live on the GPU."""
+        self._host_params = []
+        for p in model.parameters():
+            p.data = p.data.pin_memory()
+            self._host_params.append(p.data)
+        for module in model.modules():
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = buf.to(self.device)
+
+    def _params_to_device(self) -> None:
+        for p, host in zip(self.adapter.model.parameters(), self._host_params):
+            p.data = host.to(self.device, non_blocking=True)
+
+    def _params_to_host(self) -> None:
+        # the PRM is frozen: the host copy is still exact, nothing is copied back
+        for p, host in zip(self.adapter.model.parameters(), self._host_params):
+            p.data = host
+
+    def _load_sharded(self, cfg: PRMConfig, kind: str, model_config, skeleton: torch.nn.Module, *,
+                      offload: bool) -> torch.nn.Module:
+        """FSDP2 model whose shards come from one host copy on rank 0 (the others start from ``skeleton``)."""
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        from verl_prpo.prm.adapters import load_model
+
+        if self.rank == 0:
+            model = load_model(cfg, kind, torch.device("cpu"), model_config, dtype=self.dtype)
+            self.host_full_copy = True
+            full_state = model.state_dict()
+        else:
+            model, full_state = skeleton, {}
+        self._shard(model, offload=offload)
+        if self.rank == 0:
+            model.to(self.device)
+        else:
+            model.to_empty(device=self.device)
+        set_model_state_dict(model, full_state, options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=True, cpu_offload=offload))
+        del full_state
+        # non-persistent buffers (rotary tables) are not in the state dict: rank 0's are the real ones
+        for _, buf in sorted(model.named_buffers(), key=lambda kv: kv[0]):
+            dist.broadcast(buf, src=0)
+        if offload:
+            model.to("cpu")
+            for module in model.modules():
+                for name, buf in module._buffers.items():
+                    if buf is not None:
+                        module._buffers[name] = buf.to(self.device)
+        return model
 
     @register(dispatch_mode=Dispatch.ALL_TO_ALL)
     def describe(self) -> dict[str, Any]:
-        """This rank's setup: device, sharding, adapter kind and separator, local parameter elements."""
-        local = 0
+        """This rank's setup: device, dtype, placement plan, adapter kind and separator, local parameter elements,
+        parameters currently gathered (0 for a sharded PRM between calls), memory releases so far."""
+        local, gathered, dtypes, pinned = 0, 0, set(), True
         if self.adapter is not None:
             for p in self.adapter.model.parameters():
-                local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                if hasattr(p, "to_local"):
+                    t = p.to_local()
+                    local += t.numel()
+                else:
+                    t = p
+                    local += p.numel()
+                    gathered += p.numel() if self.sharded else 0
+                dtypes.add(str(t.dtype))
+                pinned = pinned and (t.device.type != "cpu" or not self._offload or _is_pinned(t))
         return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device),
-                "sharded": self.sharded, "param_offload": bool(getattr(self, "_offload", False)),
-                "adapter": getattr(self.adapter, "kind", None),
-                "step_separator": getattr(self.adapter, "step_separator", None), "local_param_numel": local}
+                "dtype": str(self.dtype), "param_dtypes": sorted(dtypes), "sharded": self.sharded,
+                "plan": dict(self.plan), "param_offload": bool(self.config.param_offload) and torch.cuda.is_available(),
+                "host_params_pinned": pinned, "adapter": getattr(self.adapter, "kind", None),
+                "step_separator": getattr(self.adapter, "step_separator", None), "local_param_numel": local,
+                "gathered_param_numel": gathered, "memory_releases": self.memory_releases,
+                "host_full_copy": self.host_full_copy}
 
     def _shard(self, model: torch.nn.Module, *, offload: bool) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        per_node = self.plan.get("shard_group_size", self.world_size)
+        nodes = self.world_size // per_node
+        if nodes > 1:  # HSDP: replicate across nodes, shard within a node
+            mesh = init_device_mesh(self.device.type, (nodes, per_node), mesh_dim_names=("replicate", "shard"))
+        else:
+            mesh = init_device_mesh(self.device.type, (per_node,))
         kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": True}
         if self.device.type == "cuda":
-            dtype = next(model.parameters()).dtype
-            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
         if offload:
             kw["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
         layer_names = set(getattr(model, "_no_split_modules", None) or [])
@@ -121,17 +273,31 @@ class PRMWorker(Worker):
         for layer in layers:
             fully_shard(layer, **kw)
         fully_shard(model, **kw)
-        if not offload and self.device.type == "cuda":
-            model.to(self.device)
-        logger.info("PRM sharded with FSDP2 over %d ranks (%d layers, offload=%s)", self.world_size, len(layers),
-                    offload)
+        logger.info("PRM sharded with FSDP2: %d node(s) x %d ranks (%d layers, offload=%s)", nodes, per_node,
+                    len(layers), offload)
 
-    def _sync_num_forwards(self, n: int) -> int:
+    def _release_memory(self) -> None:
+        """After every scoring call: drop gathered parameters (FSDP2 keeps the root gathered after a forward) and
+        return the cached blocks to the driver, so vLLM can wake up into free memory."""
+        model = self.adapter.model
+        if self.sharded and hasattr(model, "reshard"):
+            model.reshard()
+        if self._offload:
+            self._params_to_host()
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.memory_releases += 1
+
+    def _all_reduce_max(self, values: list[int]) -> list[int]:
         import torch.distributed as dist
 
-        t = torch.tensor([n], dtype=torch.long, device=self.device)
+        t = torch.tensor(values, dtype=torch.long, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
+        return [int(v) for v in t.tolist()]
+
+    def _sync_num_forwards(self, n: int) -> int:
+        self._agreed_forwards = self._all_reduce_max([n])[0]
+        return self._agreed_forwards
 
     # ------------------------------------------------------------------ scoring
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
@@ -145,17 +311,30 @@ class PRMWorker(Worker):
         segment_ids = data.batch["prm_segment_ids"]
         questions = [str(q) for q in data.non_tensor_batch["question"].tolist()]
         prior_mean = float(data.meta_info.get("prior_mean", 0.5))
+        self._agreed_forwards = None
+        calls_before = self.adapter.total_model_calls
+        error: BaseException | None = None
+        scores = stats = None
         if self._offload:
-            self.adapter.model.to(self.device)
+            self._params_to_device()
         try:
             scores, stats = score_batch(
                 self.adapter, self.policy_tokenizer, responses, response_mask, segment_ids, questions,
                 prior_mean=prior_mean, sync_num_forwards=self._sync_num_forwards if self.sharded else None,
             )
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank together
+            error = exc
+            if self.sharded:
+                self._finish_collectives(calls_before)
         finally:
-            if self._offload:
-                self.adapter.model.to("cpu")
-                torch.cuda.empty_cache()
+            self._release_memory()
+        if self.sharded:
+            failed = self._all_reduce_max([int(error is not None)])[0]
+            if failed and error is None:
+                raise RuntimeError("PRM scoring failed on another rank of the PRM worker group (see its error); "
+                                   "this rank stopped with it")
+        if error is not None:
+            raise error
         per = stats["per_response"]
         tensors = {
             "prm_scores": scores,
@@ -166,6 +345,15 @@ class PRMWorker(Worker):
         }
         metrics = {"prm_model_calls": stats["model_calls"], "prm_dummy_model_calls": stats["dummy_model_calls"]}
         return DataProto.from_dict(tensors=tensors, meta_info={"metrics": metrics})
+
+    def _finish_collectives(self, calls_before: int) -> None:
+        """A rank that failed mid-call still joins every collective the others will run: the forward-count
+        agreement (if it had not reached it) and the remaining agreed forwards (one-token dummies)."""
+        if self._agreed_forwards is None:
+            self._sync_num_forwards(0)
+        done = self.adapter.total_model_calls - calls_before
+        for _ in range(max(self._agreed_forwards - done, 0)):
+            self.adapter._dummy_forward()
 
 
 # ---------------------------------------------------------------------------------------------------- driver side
@@ -186,7 +374,7 @@ def make_prm_resource_pool(prm_config: PRMConfig, name_prefix: str = "prm_pool")
                            max_colocate_count=1, name_prefix=name_prefix)
 
 
-def create_prm_worker_group(prm_config, policy_tokenizer_path: str, resource_pool, *, fsdp: str = "auto",
+def create_prm_worker_group(prm_config, policy_tokenizer_path: str, resource_pool, *, fsdp: str | None = None,
                             name_prefix: str | None = None, init: bool = True):
     """Create the ``PRMWorker`` group on ``resource_pool`` (and call ``init_model`` unless ``init=False``).
 

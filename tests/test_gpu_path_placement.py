@@ -1,0 +1,135 @@
+"""PRM placement and the trainer's world size, checked at start-up without a cluster (issue 9, items 4 and 5).
+
+4. ``prm.placement=own_pool`` is part of verl's resource pool spec (``prm_pool``), so verl creates and checks it
+   with the trainer's pools, and a cluster that cannot hold every pool fails at start-up saying how many GPUs are
+   missing (instead of waiting forever in ``ray.get(pg.ready())``).
+5. ``ppo_mini_batch_size x rollout.n`` must be divisible by the trainer's real data-parallel size; with
+   ``own_pool`` on one node the trainer keeps fewer GPUs (8 - PRM GPUs), which verl only asserts in the first
+   actor update.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from verl_prpo import trainer as trainer_mod
+from verl_prpo.trainer import PRM_POOL, PRPOTrainerSync, check_cluster_gpus, trainer_data_parallel_size
+
+REPO = Path(trainer_mod.__file__).resolve().parents[1]
+CONF_DIR = REPO / "verl_prpo" / "conf"
+
+
+@pytest.fixture(scope="module")
+def composed():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name="prpo_trainer")
+
+
+def _cfg(composed, **overrides):
+    cfg = copy.deepcopy(composed)
+    base = {"prm.enable": True, "prm.model_path": "/models/prm", "data.train_batch_size": 128,
+            "actor_rollout_ref.actor.ppo_mini_batch_size": 128, "actor_rollout_ref.rollout.n": 8,
+            "trainer.nnodes": 1, "trainer.n_gpus_per_node": 8}
+    base.update(overrides)
+    with open_dict(cfg):
+        for key, value in base.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def _free(monkeypatch, gpus_per_node):
+    import ray
+
+    monkeypatch.setattr(ray._private.state, "available_resources_per_node",
+                        lambda: {f"node{i}": {"CPU": 64.0, "GPU": float(g)} for i, g in enumerate(gpus_per_node)})
+
+
+# ---------------------------------------------------------------------------------------------------- item 4
+def test_own_pool_is_in_verls_resource_pool_spec(composed, monkeypatch):
+    _free(monkeypatch, [8, 8])
+    t = PRPOTrainerSync(_cfg(composed, **{"prm.placement": "own_pool", "prm.n_gpus_per_node": 8}))
+    t._init_resource_pool_mgr()
+    spec = t.resource_pool_manager.resource_pool_spec
+    assert spec[PRM_POOL] == [8] and spec["global_pool"] == [8]
+    assert t.resource_pool_manager.get_n_gpus() == 16  # verl's own accounting includes the PRM
+
+
+def test_colocated_prm_adds_no_pool(composed, monkeypatch):
+    _free(monkeypatch, [8])
+    t = PRPOTrainerSync(_cfg(composed))
+    t._init_resource_pool_mgr()
+    assert PRM_POOL not in t.resource_pool_manager.resource_pool_spec
+
+
+def test_too_small_cluster_is_a_start_up_error_naming_the_missing_gpus(composed, monkeypatch):
+    _free(monkeypatch, [8])  # one 8-GPU node for 8 trainer GPUs + 2 PRM GPUs
+    t = PRPOTrainerSync(_cfg(composed, **{"prm.placement": "own_pool", "prm.n_gpus_per_node": 2}))
+    with pytest.raises(ValueError, match=r"needs 10 GPUs .*has 8 free: 2 GPU\(s\) missing"):
+        t._init_resource_pool_mgr()
+
+
+def test_a_pool_node_larger_than_any_ray_node_is_an_error():
+    # 12 GPUs free in total, but no node can hold the PRM's 8-GPU node entry next to the trainer
+    with pytest.raises(ValueError, match=r"prm_pool needs 8 GPUs on one node"):
+        check_cluster_gpus({"global_pool": [4], PRM_POOL: [8]}, {"a": 6.0, "b": 6.0})
+    check_cluster_gpus({"global_pool": [8], PRM_POOL: [8]}, {"a": 8.0, "b": 8.0})  # fits: no error
+
+
+def test_prm_scorer_uses_the_pool_verl_created(monkeypatch):
+    from verl_prpo.prm import trainer_glue, worker
+    from verl_prpo.prm.config import PRMConfig
+
+    used = {}
+    monkeypatch.setattr(worker, "create_prm_worker_group", lambda cfg, tok, pool, **kw: used.setdefault("pool", pool))
+    monkeypatch.setattr(worker, "make_prm_resource_pool", lambda cfg: pytest.fail("made a pool outside verl"))
+    config = OmegaConf.create({"actor_rollout_ref": {"model": {"path": "/models/policy"}}})
+    prm_pool = object()
+    trainer_glue.PRMScorer.create(PRMConfig(enable=True, model_path="/m", placement="own_pool"), config,
+                                  actor_pool=object(), prm_pool=prm_pool)
+    assert used["pool"] is prm_pool
+
+
+# ---------------------------------------------------------------------------------------------------- item 5
+@pytest.mark.parametrize("trainer_gpus", [7, 6])
+def test_single_node_own_pool_split_that_verl_would_reject_fails_at_construction(composed, monkeypatch,
+                                                                                 trainer_gpus):
+    built = []
+    monkeypatch.setattr(trainer_mod.PPOTrainerSync, "__init__", lambda self, config: built.append(config))
+    cfg = _cfg(composed, **{"trainer.n_gpus_per_node": trainer_gpus, "prm.placement": "own_pool",
+                            "prm.n_gpus_per_node": 8 - trainer_gpus})
+    with pytest.raises(ValueError, match=rf"128 x 8 = 1024 is not divisible by the trainer's data-parallel size "
+                                         rf"{trainer_gpus}.*own_pool"):
+        PRPOTrainerSync(cfg)
+    assert built == []
+
+
+def test_divisible_splits_and_sequence_parallel(composed, monkeypatch):
+    monkeypatch.setattr(trainer_mod.PPOTrainerSync, "__init__", lambda self, config: None)
+    PRPOTrainerSync(_cfg(composed, **{"trainer.n_gpus_per_node": 4, "prm.placement": "own_pool",
+                                      "prm.n_gpus_per_node": 4}))
+    sp = _cfg(composed, **{"trainer.n_gpus_per_node": 6, "actor_rollout_ref.actor.fsdp_config."
+                                                          "ulysses_sequence_parallel_size": 2})
+    assert trainer_data_parallel_size(sp) == 3
+    with pytest.raises(ValueError, match="data-parallel size 3"):
+        PRPOTrainerSync(sp)
+
+
+def test_run_single_node_own_pool_default_split_divides_the_recipe_batch(tmp_path):
+    """The script's default own_pool split must be one the PRPO recipes (128 prompts x 8 rollouts) accept."""
+    env = {**os.environ, "GPUS_PER_NODE": "8", "PRM_PLACEMENT": "own_pool", "DRY_RUN": "1"}
+    out = subprocess.run(["bash", str(REPO / "scripts" / "run_single_node.sh"),
+                          str(REPO / "recipes" / "prpo" / "run_prpo_1.5b.sh"), "--dry-run"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip().splitlines()[-1]
+    trainer_gpus = int(line.split("trainer.n_gpus_per_node=")[1].split()[0])
+    prm_gpus = int(line.split("prm.n_gpus_per_node=")[1].split()[0])
+    assert trainer_gpus + prm_gpus == 8 and 1024 % trainer_gpus == 0
