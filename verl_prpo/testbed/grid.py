@@ -152,6 +152,19 @@ def step0_eval(tb, out_root: Path, seed: int, k: int) -> dict:
     return ev
 
 
+def _commit() -> str | None:
+    """The plugin's git commit (``+dirty`` with uncommitted changes), for the record of a run."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here.parent, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (rev + "+dirty" if dirty else rev) or None
+
+
 def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_every: int, k: int,
              prompts_per_step: int, n: int, lr: float, updates_per_step: int = DEFAULTS["updates_per_step"],
              keep_checkpoints: bool = False, extra=None, log=print) -> dict:
@@ -186,6 +199,7 @@ def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_eve
               ("critic/score/mean", "response_length/mean", "actor/entropy", "timing_s/step")}}
              for r in read_metrics(metrics_file)]
     result = {"method": method, "seed": seed, "steps": steps, "wall_s": wall, "eval_s": time.time() - t1,
+              "commit": _commit(),
               "estimator": METHODS[method][0], "overrides": METHODS[method][1], "eval": evals, "train": train}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1))
