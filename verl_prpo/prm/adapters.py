@@ -338,7 +338,6 @@ class PRMAdapter:
         if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
             raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
         t0 = time.perf_counter()
-        stats = ScoreStats()
         inputs: list[PRMInputs | None] = []
         for i, (q, segs) in enumerate(zip(questions, segments)):
             if not isinstance(q, str):
@@ -346,22 +345,31 @@ class PRMAdapter:
             segs = list(segs)
             if not segs:
                 inputs.append(None)
-                stats.truncated_segments.append(0)
-                stats.truncated_questions.append(0)
-                stats.prm_tokens.append(0)
-                stats.num_segments.append(0)
                 continue
             x = self.build_inputs(q, segs)
             inputs.append(x)
-            stats.truncated_segments.append(x.num_dropped)
-            stats.truncated_questions.append(int(x.question_truncated))
-            stats.prm_tokens.append(len(x.input_ids) if x.num_kept > 0 else 0)
-            stats.num_segments.append(len(segs))
             if x.num_dropped:
                 logger.debug("response %d: %d of %d segments beyond prm.max_length get the fallback score %.3f",
                              i, x.num_dropped, len(segs), fallback)
         t1 = time.perf_counter()
+        scores, out = self.score_inputs(inputs, fallback=fallback, sync_num_forwards=sync_num_forwards)
+        out["time_s"]["build"] = t1 - t0
+        return scores, out
 
+    def score_inputs(self, inputs: list[PRMInputs | None], *, fallback: float = 0.5,
+                     sync_num_forwards: Callable[[int], int] | None = None
+                     ) -> tuple[list[list[float]], dict[str, Any]]:
+        """The forward part of ``score_with_stats``, on inputs already built (``None`` = a response without
+        segments): plan, forwards, read-out. Also the entry point of ``benchmarks/gpu_check.py``."""
+        if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
+            raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
+        t1 = time.perf_counter()
+        stats = ScoreStats()
+        for x in inputs:
+            stats.truncated_segments.append(x.num_dropped if x is not None else 0)
+            stats.truncated_questions.append(int(x.question_truncated) if x is not None else 0)
+            stats.prm_tokens.append(len(x.input_ids) if x is not None and x.num_kept > 0 else 0)
+            stats.num_segments.append(x.num_segments if x is not None else 0)
         scores: list[list[float]] = [[float(fallback)] * (x.num_segments if x is not None else 0) for x in inputs]
         mode = self.resolved_forward_mode()
         batches = self._plan(inputs, packed=mode == "packed")
@@ -398,7 +406,7 @@ class PRMAdapter:
             stats.dummy_model_calls += 1
         out = stats.as_dict()
         out["forward_mode"] = mode
-        out["time_s"] = {"build": t1 - t0, "forward": time.perf_counter() - t1}
+        out["time_s"] = {"build": 0.0, "forward": time.perf_counter() - t1}
         self.last_stats = out
         return scores, out
 
