@@ -25,8 +25,9 @@ wraps the real loader and runs the registration right after the module has execu
 already imported when the plugin loads: ``verl.plugin.platform`` always is). The registries themselves are verl's
 unchanged dictionaries. CPU mode is read from ``VERL_PLATFORM`` when ``verl.workers.engine`` is imported, not when
 the plugin is, so a ``VERL_PLATFORM`` (or a platform plugin) set after ``import verl`` is honoured: ``import verl``
-no longer resolves the platform. In CPU mode the gloo process group of a worker-group process is created as soon as
-the plugin loads (or, when ``VERL_PLATFORM=cpu`` was set later, when the engines are imported).
+no longer resolves the platform. In CPU mode the gloo process group of a worker-group process is created with the
+platform registration, during ``import verl`` as before (or, when ``VERL_PLATFORM=cpu`` was set later, when the
+engines are imported).
 
 Without verl (a bare torch + transformers machine), no hook ever fires and ``import verl_prpo`` imports nothing else.
 
@@ -66,6 +67,12 @@ def _cpu_mode() -> bool:
 # ------------------------------------------------------------------------------------------- registration steps
 def _register_platform() -> None:
     import verl_prpo.cpu.platform  # noqa: F401  (PlatformRegistry.register("cpu"))
+
+    if _cpu_mode():
+        # a worker-group process of CPU mode: the gloo group must exist before verl's worker creates one
+        from verl_prpo.cpu.distributed import ensure_cpu_process_group
+
+        ensure_cpu_process_group()
 
 
 def _register_estimators() -> None:
@@ -197,11 +204,6 @@ def register_all() -> None:
     for module, _, _ in HOOKS:
         if module in sys.modules:
             _finder.fire(module)
-    if _cpu_mode() and "verl" in sys.modules:
-        # a worker-group process of CPU mode: the process group must exist before verl's worker creates one
-        from verl_prpo.cpu.distributed import ensure_cpu_process_group
-
-        _run("cpu process group", ensure_cpu_process_group)
 
 
 def pending_registrations() -> dict[str, list[str]]:
