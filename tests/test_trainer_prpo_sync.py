@@ -155,13 +155,15 @@ _PROBE = r"""
 import json, sys
 pre = sorted(m for m in sys.modules if m.startswith("verl_prpo"))
 import verl  # the only import: verl loads the `verl.plugins` entry point
-plugin_loaded = "verl_prpo.trainer" in sys.modules
+plugin_loaded = "verl_prpo" in sys.modules
+trainer_loaded_by_import_verl = "verl_prpo.trainer" in sys.modules  # registration is lazy: not yet
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, get_trainer_cls
 from verl_prpo.registration import check_registered
 check_registered()
 cls = get_trainer_cls("prpo_sync")
-print("PROBE=" + json.dumps({"pre": pre, "plugin_loaded": plugin_loaded, "trainers": sorted(TRAINER_REGISTRY),
+print("PROBE=" + json.dumps({"pre": pre, "plugin_loaded": plugin_loaded,
+      "trainer_loaded_by_import_verl": trainer_loaded_by_import_verl, "trainers": sorted(TRAINER_REGISTRY),
       "estimators": sorted(ADV_ESTIMATOR_REGISTRY), "cls": cls.__module__ + "." + cls.__qualname__}))
 """
 
@@ -574,6 +576,7 @@ def test_import_verl_alone_registers_everything_in_a_fresh_interpreter(subproces
     probe = json.loads(line[-1][len("PROBE="):])
     assert probe["pre"] == []  # nothing of the plugin was imported before `import verl`
     assert probe["plugin_loaded"] is True
+    assert probe["trainer_loaded_by_import_verl"] is False
     assert "prpo_sync" in probe["trainers"]
     assert set(ESTIMATOR_NAMES) <= set(probe["estimators"])
     assert probe["cls"] == "verl_prpo.trainer.PRPOTrainerSync"

@@ -1,13 +1,16 @@
 """verl-prpo: process-reward reinforcement learning for verl.
 
-Importing this package registers, in verl's own registries:
+The plugin registers, in verl's own registries:
 
 * advantage estimators ``prpo``, ``prl``, ``spro``, ``prm_avg`` (``verl_prpo.estimators``);
 * the V1 trainer mode ``prpo_sync`` (``verl_prpo.trainer``);
 * the reward-loop manager ``prpo`` (``verl_prpo.reward_manager``);
 * the CPU platform, engine and rollout backend (``verl_prpo.cpu``).
 
-verl imports it automatically in every process through the ``verl.plugins`` entry point.
+verl imports it automatically in every process through the ``verl.plugins`` entry point. Importing it costs
+almost nothing: each name is registered when verl imports the module that owns its registry
+(``verl_prpo.registration``), so a Ray worker that never builds a trainer never loads the trainer. Without verl
+installed it imports nothing else (the torch-only parts: PRM adapters, estimator math, ``benchmarks/gpu_check.py``).
 """
 
 __version__ = "0.1.0"

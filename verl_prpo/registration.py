@@ -1,60 +1,269 @@
-"""One place that imports every module that registers something in verl, and checks the result.
+"""Registration of the plugin's names in verl's registries, at the cost of a dictionary entry per process.
 
-verl swallows plugin import errors (it logs them at DEBUG), so ``check_registered`` is called again when
-the trainer starts and fails loudly if anything is missing.
+verl imports the ``verl.plugins`` entry point (``prpo = verl_prpo``) in every process it starts. Importing the
+modules that define our trainer, reward manager or engines would load verl's trainer, rollout, agent-loop and
+reward-loop stacks in every Ray worker (seconds and ~150 MiB each) and, through verl's FSDP engine module, make verl
+resolve its platform during ``import verl``. So registration is deferred, registry by registry, to the moment the
+process imports the verl module that owns the registry: every verl lookup function is defined in (or imports) that
+module, so nothing can be looked up before the entry is there.
+
+=====================================  =============================================  ===================================
+verl module (imported by verl itself)  what is registered then                        what that imports
+=====================================  =============================================  ===================================
+``verl.plugin.platform``               ``cpu`` in ``PlatformRegistry``                ``verl_prpo.cpu.platform`` (torch)
+``verl.trainer.ppo.core_algos``        ``prpo prl spro prm_avg ...`` estimators        ``verl_prpo.estimators``
+``verl.trainer.ppo.v1``                trainer mode ``prpo_sync``                      ``verl_prpo.trainer``
+``verl.experimental.reward_loop``      reward manager ``prpo``                         ``verl_prpo.reward_manager``
+``.reward_manager``
+``verl.workers.rollout.replica``       ``hf`` in ``RolloutReplicaRegistry``            nothing (a loader function)
+``verl.workers.rollout.base``          ``("hf", "async")`` in ``_ROLLOUT_REGISTRY``     nothing (a class path)
+``verl.workers.engine``                CPU mode only: FSDP engines for device cpu     ``verl_prpo.cpu.engine``
+=====================================  =============================================  ===================================
+
+"When verl imports the module" is a post-import hook: a ``sys.meta_path`` finder that, for those module names only,
+wraps the real loader and runs the registration right after the module has executed (or at once, if the module is
+already imported when the plugin loads: ``verl.plugin.platform`` always is). The registries themselves are verl's
+unchanged dictionaries. CPU mode is read from ``VERL_PLATFORM`` when ``verl.workers.engine`` is imported, not when
+the plugin is, so a ``VERL_PLATFORM`` (or a platform plugin) set after ``import verl`` is honoured: ``import verl``
+no longer resolves the platform. In CPU mode the gloo process group of a worker-group process is created with the
+platform registration, during ``import verl`` as before (or, when ``VERL_PLATFORM=cpu`` was set later, when the
+engines are imported).
+
+Without verl (a bare torch + transformers machine), no hook ever fires and ``import verl_prpo`` imports nothing else.
+
+verl swallows plugin import errors (it logs them at DEBUG), and a registration that runs inside one of verl's imports
+must not break that import: failures are logged as warnings and kept, and ``check_registered`` (called when the
+trainer is built) imports every owning module, which runs any registration still pending, and raises if anything is
+missing or failed.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import logging
+import os
+import sys
+import threading
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
-#: modules imported for their registration side effects, in order
-REGISTERING_MODULES: tuple[str, ...] = ("verl_prpo.estimators", "verl_prpo.reward_manager", "verl_prpo.trainer")
-
-#: functions called for their registration side effects (module:function)
-REGISTERING_FUNCTIONS: tuple[str, ...] = ("verl_prpo.cpu.registry:register_cpu_mode",)
-
-#: advantage estimator names this plugin provides
-ESTIMATOR_NAMES: tuple[str, ...] = ("prpo", "prl", "spro", "prm_avg")
+#: module that registers the estimators in verl's ADV_ESTIMATOR_REGISTRY (its ESTIMATOR_NAMES lists them)
+ESTIMATORS_MODULE = "verl_prpo.estimators"
+#: modules imported for their registration side effects (each when its verl module is imported)
+REGISTERING_MODULES: tuple[str, ...] = (ESTIMATORS_MODULE, "verl_prpo.reward_manager", "verl_prpo.trainer")
 
 _errors: dict[str, BaseException] = {}
 
 
+def _cpu_mode() -> bool:
+    from verl_prpo.cpu import CPU_PLATFORM_NAME
+
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM_NAME
+
+
+# ------------------------------------------------------------------------------------------- registration steps
+def _register_platform() -> None:
+    import verl_prpo.cpu.platform  # noqa: F401  (PlatformRegistry.register("cpu"))
+
+    if _cpu_mode():
+        # a worker-group process of CPU mode: the gloo group must exist before verl's worker creates one
+        from verl_prpo.cpu.distributed import ensure_cpu_process_group
+
+        ensure_cpu_process_group()
+
+
+def _register_estimators() -> None:
+    importlib.import_module(ESTIMATORS_MODULE)
+
+
+def _register_trainer() -> None:
+    importlib.import_module("verl_prpo.trainer")
+
+
+def _register_reward_manager() -> None:
+    importlib.import_module("verl_prpo.reward_manager")
+
+
+def _register_rollout_replica() -> None:
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    from verl_prpo.cpu.registry import HF_ROLLOUT_NAME, load_hf_replica
+
+    RolloutReplicaRegistry.register(HF_ROLLOUT_NAME, load_hf_replica)
+
+
+def _register_rollout_class() -> None:
+    from verl.workers.rollout import base as rollout_base
+
+    from verl_prpo.cpu.registry import HF_ROLLOUT_CLASS, HF_ROLLOUT_NAME
+
+    rollout_base._ROLLOUT_REGISTRY[(HF_ROLLOUT_NAME, "async")] = HF_ROLLOUT_CLASS
+
+
+def _register_cpu_engines() -> None:
+    if _cpu_mode():
+        from verl_prpo.cpu.registry import register_cpu_engines_and_process_group
+
+        register_cpu_engines_and_process_group()
+
+
+#: (verl module whose import triggers the step, step name, step); in this order when several are already imported
+HOOKS: tuple[tuple[str, str, Callable[[], None]], ...] = (
+    ("verl.plugin.platform", "platform cpu", _register_platform),
+    ("verl.trainer.ppo.core_algos", "estimators", _register_estimators),
+    ("verl.experimental.reward_loop.reward_manager", "reward manager prpo", _register_reward_manager),
+    ("verl.workers.rollout.replica", "rollout replica hf", _register_rollout_replica),
+    ("verl.workers.rollout.base", "rollout class hf", _register_rollout_class),
+    ("verl.workers.engine", "cpu engines", _register_cpu_engines),
+    ("verl.trainer.ppo.v1", "trainer mode prpo_sync", _register_trainer),
+)
+
+
+def _run(name: str, step: Callable[[], None]) -> None:
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - kept and re-raised by check_registered at trainer start
+        _errors[name] = exc
+        logger.warning("verl_prpo: registering %s failed: %r", name, exc)
+
+
+# ------------------------------------------------------------------------------------------- post-import hook
+class _RegisterAfterExec(importlib.abc.Loader):
+    """Delegates to the real loader; runs the pending steps of the module once it has executed."""
+
+    def __init__(self, loader, finder: "_AfterImportFinder", fullname: str) -> None:
+        self._loader = loader
+        self._finder = finder
+        self._fullname = fullname
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        self._finder.fire(self._fullname)
+
+    def __getattr__(self, name):  # get_source, get_resource_reader, is_package ... of the real loader
+        return getattr(self._loader, name)
+
+
+class _AfterImportFinder(importlib.abc.MetaPathFinder):
+    """``sys.meta_path`` entry that only answers for the module names with pending registration steps."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[tuple[str, Callable[[], None]]]] = {}
+        self._lock = threading.RLock()
+
+    def add(self, module: str, name: str, step: Callable[[], None]) -> None:
+        with self._lock:
+            self._pending.setdefault(module, []).append((name, step))
+
+    def pending(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {m: [n for n, _ in steps] for m, steps in self._pending.items()}
+
+    def fire(self, module: str) -> None:
+        with self._lock:
+            steps = self._pending.pop(module, [])
+        for name, step in steps:
+            _run(name, step)
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self._pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _RegisterAfterExec(spec.loader, self, fullname)
+        return spec
+
+
+_finder = _AfterImportFinder()
+_registered = False
+
+
 def register_all() -> None:
-    """Import every registering module; remember (and log) failures instead of hiding them."""
-    # functions first: the cpu platform must be registered before any module resolves verl's platform
-    for spec in REGISTERING_FUNCTIONS:
-        module, func = spec.split(":")
-        try:
-            getattr(importlib.import_module(module), func)()
-        except Exception as exc:  # noqa: BLE001 - re-raised by check_registered at trainer start
-            _errors[spec] = exc
-            logger.warning("verl_prpo: %s failed: %r", spec, exc)
-    for name in REGISTERING_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - re-raised by check_registered at trainer start
-            _errors[name] = exc
-            logger.warning("verl_prpo: could not import %s: %r", name, exc)
+    """Arrange every registration step to run when its verl module is imported (now, if it already is)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+    for module, name, step in HOOKS:
+        _finder.add(module, name, step)
+    for module, _, _ in HOOKS:
+        if module in sys.modules:
+            _finder.fire(module)
+
+
+def pending_registrations() -> dict[str, list[str]]:
+    """verl module -> registration steps still waiting for it to be imported (for diagnostics and tests)."""
+    return _finder.pending()
+
+
+def __getattr__(name: str):
+    if name == "ESTIMATOR_NAMES":  # defined once, by the module that registers them
+        return importlib.import_module(ESTIMATORS_MODULE).ESTIMATOR_NAMES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_registered() -> None:
-    """Raise a clear error if a plugin component is not registered in verl in this process."""
+    """Raise a clear error if a plugin component is not registered in verl in this process.
+
+    Imports the verl module behind every registry (which runs the registration steps still pending), then checks
+    each name. Meant for the trainer process, where those modules are loaded anyway.
+    """
+    register_all()
+    for module, _, _ in HOOKS:
+        if module == "verl.workers.engine" and not _cpu_mode():
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - reported below with the rest
+            _errors.setdefault(f"import {module}", exc)
     if _errors:
         details = "; ".join(f"{k}: {v!r}" for k, v in _errors.items())
         raise RuntimeError(f"verl_prpo failed to register its components: {details}")
+
+    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+    from verl.plugin.platform import PlatformRegistry
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
-
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+    from verl.workers.rollout import base as rollout_base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    missing = [n for n in ESTIMATOR_NAMES if n not in ADV_ESTIMATOR_REGISTRY]
+    from verl_prpo.cpu import CPU_PLATFORM_NAME
+    from verl_prpo.cpu.registry import HF_ROLLOUT_NAME
+
+    names = importlib.import_module(ESTIMATORS_MODULE).ESTIMATOR_NAMES
+    missing = [n for n in names if n not in ADV_ESTIMATOR_REGISTRY]
     if "prpo_sync" not in TRAINER_REGISTRY:
         missing.append("trainer mode prpo_sync")
+    if "prpo" not in REWARD_MANAGER:
+        missing.append("reward manager prpo")
+    if PlatformRegistry.get(CPU_PLATFORM_NAME) is None:
+        missing.append("platform cpu")
+    if HF_ROLLOUT_NAME not in RolloutReplicaRegistry._registry or \
+            (HF_ROLLOUT_NAME, "async") not in rollout_base._ROLLOUT_REGISTRY:
+        missing.append("rollout hf")
+    if _cpu_mode():
+        from verl.workers.engine.base import EngineRegistry
+
+        for model_type in ("language_model", "value_model"):
+            if CPU_PLATFORM_NAME not in EngineRegistry._engines.get(model_type, {}).get("fsdp", {}):
+                missing.append(f"cpu engine {model_type}")
     if missing:
         raise RuntimeError(
-            f"verl_prpo estimators {missing} are not registered in verl. Is verl-prpo installed in this "
+            f"verl_prpo components {missing} are not registered in verl. Is verl-prpo installed in this "
             "environment (pip install -e .), or set VERL_USE_EXTERNAL_MODULES=verl_prpo for every Ray worker?"
         )

@@ -1,31 +1,30 @@
-"""Registration of the CPU-mode pieces in verl's registries (cheap: heavy modules load lazily)."""
+"""What CPU mode registers in verl, as cheap entries: the heavy modules load only where they are used.
+
+``verl_prpo.registration`` calls these when verl imports the owning registry module:
+
+* the ``hf`` rollout backend: a loader function in ``RolloutReplicaRegistry`` (``verl_prpo.cpu.rollout``, which
+  imports Ray and verl's rollout stack, loads on the first ``RolloutReplicaRegistry.get("hf")``) and a class path in
+  ``_ROLLOUT_REGISTRY`` (imported by verl's ``get_rollout_class``);
+* on the CPU platform only (``VERL_PLATFORM=cpu``), the FSDP engines for device ``cpu`` and the gloo process group.
+"""
 
 from __future__ import annotations
 
-import os
-
-from verl_prpo.cpu import CPU_PLATFORM_NAME
-
 HF_ROLLOUT_NAME = "hf"
+#: class path verl's ``get_rollout_class("hf", "async")`` imports
+HF_ROLLOUT_CLASS = "verl_prpo.cpu.rollout.HFServerAdapter"
 
 
-def _load_hf_replica():
+def load_hf_replica():
+    """``RolloutReplicaRegistry`` loader of the ``hf`` replica class."""
     from verl_prpo.cpu.rollout import HFReplica
 
     return HFReplica
 
 
-def register_cpu_mode() -> None:
-    """Register the ``cpu`` platform, the ``hf`` rollout backend and, on the CPU platform, the CPU engines."""
-    from verl.workers.rollout import base as rollout_base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
+def register_cpu_engines_and_process_group() -> None:
+    """CPU mode: FSDP engines for device ``cpu`` in ``EngineRegistry``; the gloo group of a worker-group process."""
+    import verl_prpo.cpu.engine  # noqa: F401  (registers FSDP engines for device cpu)
+    from verl_prpo.cpu.distributed import ensure_cpu_process_group
 
-    import verl_prpo.cpu.platform  # noqa: F401  (registers the platform)
-
-    RolloutReplicaRegistry.register(HF_ROLLOUT_NAME, _load_hf_replica)
-    rollout_base._ROLLOUT_REGISTRY[(HF_ROLLOUT_NAME, "async")] = "verl_prpo.cpu.rollout.HFServerAdapter"
-    if os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM_NAME:
-        import verl_prpo.cpu.engine  # noqa: F401  (registers FSDP engines for device cpu)
-        from verl_prpo.cpu.distributed import ensure_cpu_process_group
-
-        ensure_cpu_process_group()
+    ensure_cpu_process_group()

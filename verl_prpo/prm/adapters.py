@@ -22,9 +22,12 @@ at the *last token* of the separator that follows it (TRL writes the step's labe
 
 Common rules:
 
-* All segments of one response are scored in ONE forward pass; responses are packed into batches by a token
-  budget (``max_tokens_per_batch`` >= batch size x longest input of the batch), right-padded, with an attention
-  mask. One model call per packed batch, so model calls <= number of non-empty responses.
+* All segments of one response are scored in ONE forward pass; responses are grouped into forwards by a token
+  budget, longest first so that a forward's responses have similar lengths: right-padded batches
+  (``max_tokens_per_batch`` >= batch size x longest input of the batch), with an attention mask only for a
+  non-causal PRM (``forward_mode``: a causal decoder needs none with right padding), or one packed row per forward
+  without padding (``forward_mode="packed"``). One model call per forward, so model calls <= number of non-empty
+  responses; one device-to-host copy per ``score`` call.
 * Inputs longer than ``max_length``: the question is left-truncated first (its end is kept, down to nothing if
   needed); if it still does not fit, the segments that do not fit are dropped from the end. A dropped segment gets
   the explicit ``fallback`` score (the prior mean, 0.5 by default) and is counted in ``stats["truncated_segments"]``;
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,6 +56,15 @@ from verl_prpo.prm.config import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: how the forwards are laid out (``PRMAdapter.forward_mode``):
+#: ``masked``  right-padded batches with an attention mask;
+#: ``causal``  right-padded batches without a mask (exact for causal decoders; lets SDPA take its causal kernels);
+#: ``packed``  all responses of a forward in ONE row, no padding, restarted ``position_ids`` (transformers builds
+#:             a block-diagonal causal mask; efficient with varlen attention such as flash-attention, but SDPA
+#:             then attends over the whole row: see ``benchmarks/bench_prm.py``);
+#: ``auto``    ``causal`` for a causal decoder, ``masked`` otherwise.
+FORWARD_MODES = ("auto", "masked", "causal", "packed")
 
 _Q_SENTINEL = "\u2063PRPO_QUESTION\u2063"
 _A_SENTINEL = "\u2063PRPO_ANSWER\u2063"
@@ -132,7 +145,7 @@ class PRMAdapter:
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, step_separator: str, positive_label: int = 1,
                  max_length: int = 4096, max_tokens_per_batch: int = 16384, device: str | torch.device = "cpu",
-                 expected_num_labels: int | None = None) -> None:
+                 expected_num_labels: int | None = None, forward_mode: str = "auto") -> None:
         if max_tokens_per_batch < max_length:
             raise ValueError(f"max_tokens_per_batch ({max_tokens_per_batch}) < max_length ({max_length})")
         self.model = model
@@ -143,6 +156,12 @@ class PRMAdapter:
         self.max_tokens_per_batch = int(max_tokens_per_batch)
         self.device = torch.device(device)
         self.expected_num_labels = expected_num_labels
+        if forward_mode not in FORWARD_MODES:
+            raise ValueError(f"forward_mode must be one of {FORWARD_MODES}, got {forward_mode!r}")
+        self.forward_mode = forward_mode
+        self._inspected: torch.nn.Module | None = None
+        self._causal = False
+        self._extra_kwargs: dict[str, Any] = {}  # use_cache=False: no KV cache for a scoring forward
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -193,10 +212,30 @@ class PRMAdapter:
         return PRMInputs(ids, positions, num_segments, len(kept_q), len(question) - len(kept_q))
 
     # ------------------------------------------------------------------ model
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         self.total_model_calls += 1
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return _logits_of(output)
+        self._inspect_model()
+        kw: dict[str, Any] = {"input_ids": input_ids, **self._extra_kwargs}
+        if attention_mask is not None:
+            kw["attention_mask"] = attention_mask
+        if position_ids is not None:
+            kw["position_ids"] = position_ids
+        return _logits_of(self.model(**kw))
+
+    def resolved_forward_mode(self) -> str:
+        """``forward_mode`` with ``auto`` resolved: ``causal`` for a causal decoder PRM, ``masked`` otherwise."""
+        if self.forward_mode != "auto":
+            return self.forward_mode
+        self._inspect_model()
+        return "causal" if self._causal else "masked"
+
+    def _inspect_model(self) -> None:
+        """What the model accepts and is, looked up once per model object (tests and callers may swap it)."""
+        if self._inspected is not self.model:
+            self._causal = is_causal_model(self.model)
+            self._extra_kwargs = {"use_cache": False} if _accepts(self.model, "use_cache") else {}
+            self._inspected = self.model
 
     def _probabilities(self, logits_at_positions: torch.Tensor) -> torch.Tensor:
         """(N, C) logits at the score positions -> (N,) probability of the positive label."""
@@ -211,21 +250,28 @@ class PRMAdapter:
         probs = torch.softmax(logits_at_positions.float(), dim=-1)
         return probs[:, self.positive_label]
 
-    def _plan(self, inputs: list[PRMInputs | None]) -> list[list[int]]:
-        """Pack responses (indices with at least one kept segment) into batches within the token budget."""
+    def _plan(self, inputs: list[PRMInputs | None], packed: bool = False) -> list[list[int]]:
+        """Group responses (indices with at least one kept segment) into forwards within the token budget.
+
+        Longest first, so that the responses of one padded forward have similar lengths (the padding is the
+        difference to the longest of its forward). Padded: batch size x longest <= ``max_tokens_per_batch``;
+        packed (one row, no padding): sum of lengths <= ``max_tokens_per_batch``.
+        """
         order = sorted((i for i, x in enumerate(inputs) if x is not None and x.num_kept > 0),
                        key=lambda i: -len(inputs[i].input_ids))
         batches: list[list[int]] = []
         current: list[int] = []
-        longest = 0
+        cost = 0
         for i in order:
             n = len(inputs[i].input_ids)
-            new_longest = max(longest, n)
-            if current and (len(current) + 1) * new_longest > self.max_tokens_per_batch:
+            # longest first: the first response of a padded batch is its longest
+            new_cost = cost + n if packed else (len(current) + 1) * (len(inputs[current[0]].input_ids)
+                                                                     if current else n)
+            if current and new_cost > self.max_tokens_per_batch:
                 batches.append(current)
-                current, new_longest = [], n
+                current, new_cost = [], n
             current.append(i)
-            longest = new_longest
+            cost = new_cost
         if current:
             batches.append(current)
         return batches
@@ -233,7 +279,40 @@ class PRMAdapter:
     def _dummy_forward(self) -> None:
         ids = torch.full((1, 1), self.pad_token_id, dtype=torch.long, device=self.device)
         with torch.no_grad():
-            self._forward(ids, torch.ones_like(ids))
+            self._forward(ids, torch.ones_like(ids) if self.resolved_forward_mode() == "masked" else None)
+
+    def _batch_tensors(self, inputs: list[PRMInputs], mode: str) -> dict[str, torch.Tensor]:
+        """Host tensors of one forward: ids (+ mask or position ids) and the flat (row, column) score positions."""
+        lengths = [len(x.input_ids) for x in inputs]
+        rows: list[int] = []
+        cols: list[int] = []
+        if mode == "packed":
+            ids = torch.tensor([t for x in inputs for t in x.input_ids], dtype=torch.long).unsqueeze(0)
+            pos = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+            offset = 0
+            for x, n in zip(inputs, lengths):
+                cols.extend(offset + c for c in x.score_positions)
+                offset += n
+            rows = [0] * len(cols)
+            out = {"input_ids": ids, "position_ids": pos}
+        else:
+            width = max(lengths)
+            ids = torch.full((len(inputs), width), self.pad_token_id, dtype=torch.long)
+            for r, x in enumerate(inputs):
+                ids[r, : lengths[r]] = torch.tensor(x.input_ids, dtype=torch.long)
+                rows.extend([r] * x.num_kept)
+                cols.extend(x.score_positions)
+            out = {"input_ids": ids}
+            if mode == "masked":
+                out["attention_mask"] = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
+        out["rows"] = torch.tensor(rows, dtype=torch.long)
+        out["cols"] = torch.tensor(cols, dtype=torch.long)
+        return out
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # pinned host memory: the copy does not block the host
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     # ------------------------------------------------------------------ scoring
     def score(self, questions: list[str], segments: list[list[str]], *, fallback: float = 0.5) -> list[list[float]]:
@@ -248,12 +327,17 @@ class PRMAdapter:
 
         ``sync_num_forwards(n) -> n_max`` (optional) lets sharded ranks agree on the number of forwards: this rank
         runs ``n_max - n`` extra one-token forwards so that collective parameter gathers stay matched.
+
+        The forwards follow ``resolved_forward_mode()``; their inputs are copied to the device once per forward
+        (pinned, asynchronous on CUDA), the probabilities stay on the device until ONE copy back after the last
+        forward. ``stats["time_s"]`` holds the seconds spent building the inputs (``build``: PRM tokenisation) and
+        in the forwards including that copy back (``forward``).
         """
         if len(questions) != len(segments):
             raise ValueError(f"{len(questions)} questions but {len(segments)} segment lists")
         if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
             raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
-        stats = ScoreStats()
+        t0 = time.perf_counter()
         inputs: list[PRMInputs | None] = []
         for i, (q, segs) in enumerate(zip(questions, segments)):
             if not isinstance(q, str):
@@ -261,45 +345,54 @@ class PRMAdapter:
             segs = list(segs)
             if not segs:
                 inputs.append(None)
-                stats.truncated_segments.append(0)
-                stats.truncated_questions.append(0)
-                stats.prm_tokens.append(0)
-                stats.num_segments.append(0)
                 continue
             x = self.build_inputs(q, segs)
             inputs.append(x)
-            stats.truncated_segments.append(x.num_dropped)
-            stats.truncated_questions.append(int(x.question_truncated))
-            stats.prm_tokens.append(len(x.input_ids) if x.num_kept > 0 else 0)
-            stats.num_segments.append(len(segs))
             if x.num_dropped:
                 logger.debug("response %d: %d of %d segments beyond prm.max_length get the fallback score %.3f",
                              i, x.num_dropped, len(segs), fallback)
+        t1 = time.perf_counter()
+        scores, out = self.score_inputs(inputs, fallback=fallback, sync_num_forwards=sync_num_forwards)
+        out["time_s"]["build"] = t1 - t0
+        return scores, out
 
+    def score_inputs(self, inputs: list[PRMInputs | None], *, fallback: float = 0.5,
+                     sync_num_forwards: Callable[[int], int] | None = None
+                     ) -> tuple[list[list[float]], dict[str, Any]]:
+        """The forward part of ``score_with_stats``, on inputs already built (``None`` = a response without
+        segments): plan, forwards, read-out. Also the entry point of ``benchmarks/gpu_check.py``."""
+        if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
+            raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
+        t1 = time.perf_counter()
+        stats = ScoreStats()
+        for x in inputs:
+            stats.truncated_segments.append(x.num_dropped if x is not None else 0)
+            stats.truncated_questions.append(int(x.question_truncated) if x is not None else 0)
+            stats.prm_tokens.append(len(x.input_ids) if x is not None and x.num_kept > 0 else 0)
+            stats.num_segments.append(x.num_segments if x is not None else 0)
         scores: list[list[float]] = [[float(fallback)] * (x.num_segments if x is not None else 0) for x in inputs]
-        batches = self._plan(inputs)
+        mode = self.resolved_forward_mode()
+        batches = self._plan(inputs, packed=mode == "packed")
         n_target = sync_num_forwards(len(batches)) if sync_num_forwards is not None else len(batches)
-        for batch in batches:
-            width = max(len(inputs[i].input_ids) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows, cols = [], []
-            for r, i in enumerate(batch):
-                x = inputs[i]
-                ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids, dtype=torch.long)
-                mask[r, : len(x.input_ids)] = 1
-                rows.extend([r] * x.num_kept)
-                cols.extend(x.score_positions)
-            with torch.no_grad():
-                logits = self._forward(ids.to(self.device), mask.to(self.device))
+        picked: list[torch.Tensor] = []
+        with torch.no_grad():
+            for batch in batches:
+                host = self._batch_tensors([inputs[i] for i in batch], mode)
+                ids = self._to_device(host["input_ids"])
+                mask = self._to_device(host["attention_mask"]) if "attention_mask" in host else None
+                pos = self._to_device(host["position_ids"]) if "position_ids" in host else None
+                logits = self._forward(ids, mask, pos)
                 if logits.dim() != 3 or logits.shape[:2] != ids.shape:
                     raise ValueError(f"PRM logits must have shape (batch, tokens, labels) = {tuple(ids.shape)} + "
                                      f"(labels,), got {tuple(logits.shape)}")
-                picked = logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)]
-                probs = self._probabilities(picked).cpu().tolist()
-            stats.model_calls += 1
-            stats.padded_tokens += int(ids.numel())
-            k = 0
+                rows = self._to_device(host["rows"])
+                cols = self._to_device(host["cols"])
+                picked.append(self._probabilities(logits[rows, cols]))
+                stats.model_calls += 1
+                stats.padded_tokens += int(ids.numel())
+            probs = torch.cat(picked).cpu().tolist() if picked else []  # the one device -> host copy
+        k = 0
+        for batch in batches:
             for i in batch:
                 x = inputs[i]
                 vals = probs[k: k + x.num_kept]
@@ -312,8 +405,33 @@ class PRMAdapter:
             self._dummy_forward()
             stats.dummy_model_calls += 1
         out = stats.as_dict()
+        out["forward_mode"] = mode
+        out["time_s"] = {"build": 0.0, "forward": time.perf_counter() - t1}
         self.last_stats = out
         return scores, out
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` takes the keyword ``name`` (explicitly or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def is_causal_model(model: torch.nn.Module) -> bool:
+    """True when every attention module of ``model`` declares ``is_causal = True`` (decoder-only transformers).
+
+    For such a model a right-padded batch needs no attention mask: a real token only attends to the tokens before
+    it, which are all real, so its output is the same with or without the mask (padding positions are never read).
+    An encoder (``is_causal = False``) or a model that declares nothing keeps the mask.
+    """
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)
+             and "attention" in type(m).__name__.lower()]
+    return bool(flags) and all(flags)
 
 
 class TokenClassificationPRMAdapter(PRMAdapter):

@@ -12,6 +12,7 @@ the content of the last user message of the prompt.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -147,15 +148,19 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
 
     Returns ``prm_scores`` (B, L) float32 — every valid token carries the probability of its segment, 0 outside
     the mask — and the adapter's stats (``truncated_segments``, ``truncated_questions``, ``prm_tokens``,
-    ``model_calls``, per-response lists under ``per_response``) plus ``response_tokens`` and
-    ``tokens_per_response_token``. Segments beyond the PRM's ``max_length`` get ``prior_mean`` (counted).
+    ``model_calls``, per-response lists under ``per_response``) plus ``response_tokens``,
+    ``tokens_per_response_token`` and ``time_s`` (seconds: ``decode`` policy tokens to segment texts, ``build`` PRM
+    tokenisation, ``forward`` the PRM forwards and read-out, ``map`` scores back onto policy tokens). Segments beyond the PRM's ``max_length`` get ``prior_mean`` (counted).
     """
     questions = list(questions)
     if len(questions) != responses.shape[0]:
         raise ValueError(f"{len(questions)} questions for {responses.shape[0]} responses")
+    t0 = time.perf_counter()
     texts = segment_texts(policy_tokenizer, responses, response_mask, segment_ids, eos_token_ids=eos_token_ids)
+    t1 = time.perf_counter()
     scores, stats = adapter.score_with_stats(questions, texts, fallback=prior_mean,
                                              sync_num_forwards=sync_num_forwards)
+    t2 = time.perf_counter()
     B, L = responses.shape
     n_max = max((len(s) for s in scores), default=0)
     table = torch.zeros((B, max(n_max, 1)), dtype=torch.float32)
@@ -168,6 +173,9 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
     response_tokens = int(mask.sum())
     stats["response_tokens"] = response_tokens
     stats["tokens_per_response_token"] = stats["prm_tokens"] / response_tokens if response_tokens else 0.0
+    timing = stats.setdefault("time_s", {})
+    timing["decode"] = t1 - t0
+    timing["map"] = time.perf_counter() - t2
     return prm_scores.to(torch.float32), stats
 
 
