@@ -1,4 +1,4 @@
-"""Process-reward advantage estimators registered in verl: ``prpo``, ``prm_avg``, ``prl``, ``spro``.
+"""Process-reward advantage estimators registered in verl: ``prpo``, ``prm_avg``, ``prl``, ``spro``, ``pure``.
 
 Each is a pure tensor function with the signature of ``docs/DESIGN.md`` ("Estimator contract") and the formulas of
 ``shared/docs/ALGORITHMS.md``. Common rules:
@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import register_adv_est
+
+try:  # registered in verl's ADV_ESTIMATOR_REGISTRY when verl is there; plain functions without it
+    from verl.trainer.ppo.core_algos import register_adv_est
+except ImportError:  # pragma: no cover - exercised by tests/test_no_verl.py in a subprocess
+    def register_adv_est(name):
+        return lambda fn: fn
 
 from verl_prpo.config import from_algorithm_config
 from verl_prpo.ops import (
@@ -43,10 +48,11 @@ __all__ = [
     "compute_prm_avg_advantage",
     "compute_prl_advantage",
     "compute_spro_advantage",
+    "compute_pure_advantage",
 ]
 
 #: names registered in verl's ADV_ESTIMATOR_REGISTRY by this module
-ESTIMATOR_NAMES: tuple[str, ...] = ("prpo", "prl", "spro", "prm_avg")
+ESTIMATOR_NAMES: tuple[str, ...] = ("prpo", "prl", "spro", "prm_avg", "pure")
 
 _TRAINER_HINT = "verl's stock compute_advantage does not pass it: set trainer.v1.trainer_mode=prpo_sync"
 
@@ -142,6 +148,18 @@ def _log_prob_diff(inp: _Inputs, old_log_probs, ref_log_prob) -> torch.Tensor:
         old, ref = inp.extra("old_log_probs", old_log_probs), inp.extra("ref_log_prob", ref_log_prob)
         torch.sub(old, ref, out=d).mul_(inp.maskf)
     return d
+
+
+def _step_ids(inp: _Inputs, segment_ids: torch.Tensor | None, hint: str = "") -> torch.Tensor:
+    """The (B, L) long step ids, checked: present, shaped like the mask, >= 0 on every valid token."""
+    if segment_ids is None:
+        raise _missing_input(inp.name, "segment_ids", hint)
+    if segment_ids.shape != inp.maskf.shape:
+        raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(inp.maskf.shape)}")
+    seg = segment_ids.to(inp.maskf.device).long()
+    if bool((seg[inp.mask] < 0).any()):
+        raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
+    return seg
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -575,5 +593,129 @@ def compute_spro_advantage(
     if metrics is not None:
         metrics["spro/msa/mean"], metrics["spro/msa/std"] = msa_stats
         metrics["spro/cpr/mean"] = cpr_mean
+        _put_adv_metrics(metrics, adv, maskf)
+    return adv, adv
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PURE
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _leave_one_out_sum(x: torch.Tensor, gid: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """sum_{k in G(i), k != i} x_k for every i, (B,)."""
+    return x.new_zeros(num_groups).index_add_(0, gid, x)[gid] - x
+
+
+@register_adv_est("pure")
+def compute_pure_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    *,
+    entropy: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    ref_log_prob: torch.Tensor | None = None,
+    prm_scores: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    metrics: dict | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PURE (arXiv 2504.15275), ALGORITHMS.md "PURE": min-form credit assignment of PRM step rewards.
+
+        r_{i,s}  = 2 p_{i,s} - 1                                  step reward (p_good - p_bad)
+        w_{i,s}  = softmax_s(-r_{i,s} / T)   (min_form)   or   1 / S_i   (none)
+        q_{i,s}  = w_{i,s} r_{i,s},   PR_i = sum_s q_{i,s}        (a soft minimum of the step rewards)
+        b_i      = sum_{k != i} PR_k / sum_{k != i} L_k,  q'_{i,s} = q_{i,s} - b_i n_{i,s}      (baseline = token)
+        b_i      = mean_{k != i} PR_k / S_k,               q'_{i,s} = q_{i,s} - b_i            (baseline = step)
+        v_i      = R_i - mean_{k != i} R_k                        verifiable reward (k in the group of i)
+        reward   = q'_{i,s} at e_{i,s} (the step's last valid token) + vr_coef * v_i at the last valid token
+        A_{i,t}  = sum_{j >= t} reward_{i,j}                      return to go, gamma = 1
+        A_{i,e_{i,s}} = 0                                          (mask_separator)
+        A        = (A - mean) / sqrt(max(var, 1e-8)) over all valid tokens of the batch, population var  (whiten)
+
+    L_k is the number of valid tokens, n_{i,s} that of step s, S_i the number of steps. A group of one has b = 0
+    and v = 0 (logged). Whitening includes the separator tokens (A = 0 there before it), then A = 0 outside the mask.
+
+    Args:
+        token_level_rewards: ``(B, L)``; R_i is the row sum. response_mask: ``(B, L)``. index: ``(B,)`` uids.
+        config: verl's ``algorithm`` node (options under ``algorithm.pure``, ``PUREConfig``).
+        prm_scores: ``(B, L)`` p in [0, 1], the same value on every valid token of a step (required).
+        segment_ids: ``(B, L)`` long step ids, non-decreasing along the response, -1 outside the mask (required).
+        metrics: dict receiving ``pure/soft_min_reward/mean`` (PR over non-empty responses), ``pure/baseline/mean``,
+            ``pure/steps_per_response/{mean,min,max}``, ``pure/singleton_groups``, ``adv/mean``, ``adv/std``.
+
+    Returns:
+        advantages ``(B, L)`` float32 (0 outside the mask) and returns (the same tensor).
+    """
+    cfg = from_algorithm_config(config, "pure")
+    inp = _Inputs("pure", token_level_rewards, response_mask, index)
+    p = _prm_scores(inp, prm_scores)
+    seg = _step_ids(inp, segment_ids, " and enable the PRM (prm.enable=true)")
+    mask, maskf, gid, num_groups = inp.mask, inp.maskf, inp.gid, inp.num_groups
+    B, L = maskf.shape
+    if L == 0:
+        return maskf.clone(), maskf.clone()
+
+    with torch.no_grad():
+        # steps as (B, S) tables: token count n, last valid token e; invalid tokens go to a spare column S
+        S = max(int(seg.max()) + 1, 1) if seg.numel() else 1
+        col = torch.where(mask, seg, torch.full_like(seg, S))
+        pos = torch.arange(L, device=seg.device).expand(B, L)
+        n = maskf.new_zeros(B, S + 1).scatter_add_(1, col, maskf)[:, :S]
+        last = torch.full((B, S + 1), -1, dtype=torch.long, device=seg.device)
+        e = last.scatter_reduce_(1, col, pos, reduce="amax")[:, :S].clamp(min=0)
+        is_step = n > 0
+        p_step = p.gather(1, e)
+        if bool(((p - p_step.gather(1, seg.clamp(min=0))).abs() * maskf > 1e-6).any()):
+            raise ValueError("pure: prm_scores must carry one value per step (the same on every valid token of a "
+                             "segment_ids step); got different values within a step")
+        num_steps = is_step.sum(-1)
+        r = 2 * p_step - 1
+        if cfg.weighting == "min_form":
+            w = torch.softmax(torch.where(is_step, -r / cfg.temperature, float("-inf")), dim=-1).nan_to_num(0.0)
+        else:
+            w = is_step / num_steps.clamp(min=1)[:, None]
+        q = w * r * is_step
+        PR = q.sum(-1)
+
+        group_size = maskf.new_zeros(num_groups).index_add_(0, gid, torch.ones_like(PR))[gid]
+        others = group_size - 1
+        if cfg.baseline == "token":
+            others_tokens = _leave_one_out_sum(maskf.sum(-1), gid, num_groups)
+            b = torch.where(others_tokens > 0, _leave_one_out_sum(PR, gid, num_groups) / others_tokens.clamp(min=1), 0.0)
+            q_adj = q - b[:, None] * n
+        else:
+            per_step = PR / num_steps.clamp(min=1)
+            b = torch.where(others > 0, _leave_one_out_sum(per_step, gid, num_groups) / others.clamp(min=1), 0.0)
+            q_adj = q - b[:, None] * is_step
+        v = torch.where(others > 0, inp.R - _leave_one_out_sum(inp.R, gid, num_groups) / others.clamp(min=1), 0.0)
+        n_single = int((group_size == 1).sum())
+        if n_single:
+            logger.warning("pure: %d response(s) alone in their group: baseline b = 0 and verifiable reward v = 0",
+                           n_single)
+
+        reward = maskf.new_zeros(B, L).scatter_add_(1, e, q_adj * is_step)
+        last_token = (maskf * (pos + 1)).amax(-1).long() - 1
+        reward.scatter_add_(1, last_token.clamp(min=0)[:, None], (cfg.vr_coef * v * (last_token >= 0))[:, None])
+        adv = reward.flip(-1).cumsum(-1).flip(-1) * maskf
+        if cfg.mask_separator:
+            step_end = maskf.new_zeros(B, L).scatter_add_(1, e, is_step.float()) > 0
+            adv = adv.masked_fill(step_end, 0.0)
+        if cfg.whiten:
+            n_valid = maskf.sum()
+            mean = (adv * maskf).sum() / n_valid.clamp(min=1)
+            var = (((adv - mean) * maskf) ** 2).sum() / n_valid.clamp(min=1)
+            adv = (adv - mean) / var.clamp(min=1e-8).sqrt() * maskf
+
+    if metrics is not None:
+        nonempty = num_steps > 0
+        metrics["pure/soft_min_reward/mean"] = float(PR[nonempty].double().mean()) if bool(nonempty.any()) else 0.0
+        metrics["pure/baseline/mean"] = float(b.double().mean()) if b.numel() else 0.0
+        steps = num_steps[nonempty].double()
+        for stat in ("mean", "min", "max"):
+            metrics[f"pure/steps_per_response/{stat}"] = float(getattr(steps, stat)()) if steps.numel() else 0.0
+        metrics["pure/singleton_groups"] = float(n_single)
         _put_adv_metrics(metrics, adv, maskf)
     return adv, adv
