@@ -22,7 +22,7 @@ os.environ.setdefault("VERL_PLATFORM", "cpu")
 
 from verl_prpo.assets import DEFAULT_CACHE_DIR, build_tiny_assets  # noqa: E402
 
-ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg")
+ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg", "pure")
 
 
 def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR, steps: int = 2,
@@ -48,7 +48,7 @@ def build_command(estimator: str, *, assets_dir: Path | str = DEFAULT_CACHE_DIR,
         f"reward.custom_reward_function.path={toy_reward.__file__}",
         "reward.custom_reward_function.name=compute_score",
     ]
-    if estimator in ("prpo", "prm_avg"):
+    if estimator in ("prpo", "prm_avg", "pure"):
         overrides += ["prm.enable=true", f"prm.model_path={a.prm_dir}", "prm.adapter=token_classification"]
     if metrics_file is not None:
         # verl's "file" logger writes one JSON line per step to VERL_FILE_LOGGER_PATH (read in the TaskRunner)
