@@ -63,6 +63,13 @@ def _check_bool(prefix: str, name: str, value: Any) -> None:
         raise ValueError(f"{prefix}.{name} must be true or false, got {value!r}")
 
 
+def _check_cut_rule(prefix: str, cut_rule: Any, segmentation: str) -> None:
+    _check_choice(prefix, "cut_rule", cut_rule, PRPOConfig.CUT_RULES)
+    if cut_rule != "greedy" and segmentation != "entropy":
+        raise ValueError(f"{prefix}.cut_rule={cut_rule} applies to {prefix}.segmentation=entropy only, got "
+                         f"segmentation={segmentation}")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # one config per method
 # --------------------------------------------------------------------------------------------------------------------
@@ -119,7 +126,7 @@ class PRPOConfig:
         _check_int(p, "m", self.m, 1)
         _check_int(p, "step_len", self.step_len, 1)
         _check_int(p, "seed", self.seed)
-        _check_choice(p, "cut_rule", self.cut_rule, self.CUT_RULES)
+        _check_cut_rule(p, self.cut_rule, self.segmentation)
         self.mu = _to_float(p, "mu", self.mu)
         self.sigma = _to_float(p, "sigma", self.sigma)
         _check_positive(p, "sigma", self.sigma)
@@ -251,7 +258,7 @@ class PUREConfig:
         _check_int(p, "m", self.m, 1)
         _check_int(p, "step_len", self.step_len, 1)
         _check_int(p, "seed", self.seed)
-        _check_choice(p, "cut_rule", self.cut_rule, PRPOConfig.CUT_RULES)
+        _check_cut_rule(p, self.cut_rule, self.segmentation)
 
 
 #: sub-node name of the ``algorithm`` node -> its dataclass

@@ -4,9 +4,13 @@ Positions are response-token positions; ``L_i`` is the index of response i's las
 means token c starts a new segment, so cuts c_1 < ... < c_k give segments ``[0,c_1), [c_1,c_2), ..., [c_k, L_i)``.
 Strategies (``shared/docs/ALGORITHMS.md``, PRPO step 1 and PRL steps):
 
-* ``entropy``: greedy entropy spikes. Repeat k times: accept the eligible position with the highest entropy (ties:
-  the earlier token), where c is eligible when ``m <= c < L_i``, the mask is valid at c and ``|c - c'| >= m`` for
-  every cut c' already accepted; a row stops when nothing is eligible. ``L_i <= m`` gives one segment.
+* ``entropy``: entropy spikes, selected by ``cut_rule``:
+  ``greedy`` (the method): repeat k times: accept the eligible position with the highest entropy (ties: the earlier
+  token), where c is eligible when ``m <= c < L_i``, the mask is valid at c and ``|c - c'| >= m`` for every cut c'
+  already accepted; a row stops when nothing is eligible. ``L_i <= m`` gives one segment.
+  ``released`` (the authors' code): the k highest-entropy valid positions c_1 < ... < c_k, a first pass that keeps
+  c_i or the first later c_j more than m away, a second pass with a minimum gap m from 0; ``L_i < k + 1`` gives one
+  segment (ALGORITHMS.md, PRPO step 1, with worked cases).
 * ``uniform``: cuts ``floor(j * L_i / (k + 1))``, j = 1..k, deduplicated, kept in ``[1, L_i)``.
 * ``random``: the ``entropy`` procedure with seeded uniform random priorities instead of the entropy.
 * ``newline``: a cut at t + 1 after every valid token t whose text contains ``"\\n\\n"`` (t + 1 < L_i).
@@ -29,6 +33,7 @@ __all__ = ["Segmentation", "STRATEGIES", "segment", "build_newline_token_mask", 
            "response_lengths", "segmentation_from_ids"]
 
 STRATEGIES: tuple[str, ...] = ("entropy", "uniform", "random", "newline", "fixed")
+CUT_RULES: tuple[str, ...] = ("greedy", "released")
 
 
 @dataclass
@@ -154,6 +159,49 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1), work
 
 
+def _released_spikes(entropy: torch.Tensor, mask: torch.Tensor, k: int, m: int):
+    """The authors' released spike selection, vectorised over rows (ALGORITHMS.md, PRPO step 1, ``released``).
+
+        candidates c_1 < ... < c_k: the k highest-entropy valid positions of [0, L_i) (ties: the earlier position)
+        first pass, i = 1 .. k-1: keep c_i if c_{i+1} - c_i > m, else keep c_j for the first j > i with c_j - c_i > m
+        second pass over the kept positions, last = 0: accept a if a - last >= m, then last = a
+        L_i < k + 1: no cut
+
+    Args:
+        entropy: ``(B, L)`` float, finite where ``mask``. mask: ``(B, L)`` bool. k, m: as in ``segment``.
+
+    Returns:
+        cuts ``(B, k - 1)`` long and ok ``(B, k - 1)`` bool (False: no cut in that slot).
+    """
+    B, L = entropy.shape
+    kk = min(k, L)
+    pos = torch.arange(L, device=entropy.device)
+    lengths = (mask * (pos + 1)).amax(-1)
+    # a stable descending sort puts the earlier of two equal entropies first
+    order = torch.where(mask, entropy.float(), float("-inf")).sort(dim=-1, descending=True, stable=True)
+    top_ok = order.values[:, :kk] > float("-inf")
+    c, by_pos = torch.where(top_ok, order.indices[:, :kk], L + m + 1).sort(dim=-1)  # missing candidates go last
+    c_ok = top_ok.gather(1, by_pos) & (lengths >= k + 1)[:, None]
+    # far[b, i, j]: j > i is a candidate more than m after c_i
+    later = torch.ones(kk, kk, dtype=torch.bool, device=c.device).triu(1)
+    far = later & c_ok[:, None, :] & (c[:, None, :] - c[:, :, None] > m)
+    keep_self = far.diagonal(offset=1, dim1=1, dim2=2)  # c_{i+1} - c_i > m, (B, kk - 1)
+    first_far = c.gather(1, far.int().argmax(-1))[:, : kk - 1]  # c_j of the first such j
+    kept = torch.where(keep_self, c[:, : kk - 1], first_far)
+    kept_ok = c_ok[:, : kk - 1] & far.any(-1)[:, : kk - 1]
+    cuts, oks = [], []
+    last = torch.zeros(B, dtype=torch.long, device=c.device)
+    for a, a_ok in zip(kept.unbind(1), kept_ok.unbind(1)):  # the second pass is sequential in the kept order
+        accept = a_ok & (a - last >= m)
+        last = torch.where(accept, a, last)
+        cuts.append(a)
+        oks.append(accept)
+    if not cuts:
+        empty = torch.zeros(B, 0, dtype=torch.long, device=c.device)
+        return empty, empty.bool()
+    return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
+
+
 def segment(
     strategy: str,
     response_mask: torch.Tensor,
@@ -161,6 +209,7 @@ def segment(
     entropy: torch.Tensor | None = None,
     k: int = 5,
     m: int = 10,
+    cut_rule: str = "greedy",
     step_len: int = 256,
     seed: int = 0,
     newline_token_mask: torch.Tensor | None = None,
@@ -173,6 +222,7 @@ def segment(
         response_mask: ``(B, L)`` 0/1 (int, bool or float).
         entropy: ``(B, L)`` rollout-policy entropy; required by ``entropy`` (finite on valid positions).
         k: maximum number of cuts (``entropy``, ``uniform``, ``random``). m: minimum gap (``entropy``, ``random``).
+        cut_rule: ``greedy`` (default, the method) or ``released`` (the authors' code); ``entropy`` only.
         step_len: segment length of ``fixed``. seed: seed of ``random``.
         newline_token_mask: ``(V,)`` bool, True for ids whose text contains ``"\\n\\n"``; ``newline`` only.
         responses: ``(B, L)`` token ids; ``newline`` only.
@@ -182,6 +232,10 @@ def segment(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown segmentation strategy {strategy!r}; expected one of {list(STRATEGIES)}")
+    if cut_rule not in CUT_RULES:
+        raise ValueError(f"unknown cut_rule {cut_rule!r}; expected one of {list(CUT_RULES)}")
+    if cut_rule != "greedy" and strategy != "entropy":
+        raise ValueError(f"cut_rule={cut_rule!r} applies to the entropy strategy only, got strategy {strategy!r}")
     if response_mask.dim() != 2:
         raise ValueError(f"response_mask must be (B, L), got shape {tuple(response_mask.shape)}")
     mask = valid_mask(response_mask)
@@ -212,6 +266,11 @@ def segment(
         else:
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             priority = torch.rand(B, L, generator=gen).to(device)
+        if cut_rule == "released":
+            cuts, ok = _released_spikes(priority, mask, int(k), int(m))
+            starts_f = torch.empty(B, L, device=device)
+            starts, num = _cuts_into(starts_f, cuts, ok, nonempty)
+            return _ids_from_start_map(starts_f, mask, num, starts)
         # eligible: valid token (so c < L_i) at position >= m
         cuts, ok, work = _greedy_spikes(priority, mask, int(k), int(m))
         starts_f = work[:, :L]  # reuse the scratch buffer: one (B, L) float allocation less

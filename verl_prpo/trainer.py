@@ -231,7 +231,7 @@ class PRPOTrainerSync(PPOTrainerSync):
             return kwargs
 
         seg = self._segment(b, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
-                            step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps))
+                            step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps), cut_rule=cfg.cut_rule)
         kwargs["segment_ids"] = seg.segment_ids
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
