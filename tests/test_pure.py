@@ -211,11 +211,15 @@ def test_bad_scores(field, value, match):
         run(rewards, mask, uids, p, seg)
 
 
-def test_scores_must_be_constant_within_a_step():
+def test_step_probability_is_read_at_the_step_end():
+    # p_{i,s} is the score at e_{i,s}, the token the PRM reads: 0.3 for step 0, 0.5 for step 1
     mask = torch.ones(1, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match="one value per step"):
-        run(torch.zeros(1, 4), mask, np.array(["a"], dtype=object), torch.tensor([[0.2, 0.3, 0.5, 0.5]]),
-            torch.tensor([[0, 0, 1, 1]]))
+    seg = torch.tensor([[0, 0, 1, 1]])
+    args = (torch.zeros(1, 4), mask, np.array(["a"], dtype=object))
+    opts = dict(weighting="none", mask_separator=False, whiten=False)
+    adv = run(*args, torch.tensor([[0.9, 0.3, 0.1, 0.5]]), seg, **opts)
+    torch.testing.assert_close(adv, run(*args, torch.tensor([[0.3, 0.3, 0.5, 0.5]]), seg, **opts))
+    torch.testing.assert_close(adv, torch.tensor([[-0.2, -0.2, 0.0, 0.0]]))  # r = [-0.4, 0], w = 1/2
 
 
 def test_missing_inputs():

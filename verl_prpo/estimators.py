@@ -129,9 +129,9 @@ def _step_ids(b: _Batch, segment_ids: torch.Tensor | None, hint: str = "") -> to
     if segment_ids.shape != b.m.shape:
         raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(b.m.shape)}")
     seg = segment_ids.to(b.m.device).long()
-    if bool((b.valid & (seg < 0)).any()):
-        raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
-    if bool((~b.valid & (seg != -1)).any()):
+    if seg.numel() and (int(seg.min()) < -1 or bool(((seg >= 0) != b.valid).any())):
+        if bool((b.valid & (seg < 0)).any()):
+            raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
         raise ValueError("segment_ids must be -1 outside the response mask")
     return seg
 
@@ -506,7 +506,8 @@ def compute_pure_advantage(
     Args:
         token_level_rewards: ``(B, L)``; R_i is the row sum. response_mask: ``(B, L)``. index: ``(B,)`` uids.
         config: verl's ``algorithm`` node (options under ``algorithm.pure``, ``PUREConfig``).
-        prm_scores: ``(B, L)`` p in [0, 1], the same value on every valid token of a step (required).
+        prm_scores: ``(B, L)`` p in [0, 1] per token, each step's probability on its tokens as the trainer broadcasts
+            it (required); p_{i,s} is read at the step's last valid token e_{i,s}.
         segment_ids: ``(B, L)`` long step ids, non-decreasing along the response, -1 outside the mask (required).
         metrics: dict receiving ``pure/soft_min_reward/mean`` (PR over non-empty responses), ``pure/baseline/mean``,
             ``pure/steps_per_response/{mean,min,max}``, ``pure/singleton_groups``, ``adv/mean``, ``adv/std``.
@@ -523,19 +524,17 @@ def compute_pure_advantage(
     if L == 0:
         return m.clone(), m.clone()
 
-    # steps as (B, S) tables: token count n_{i,s}, last valid token e_{i,s}, probability p_{i,s}; the ids are shifted
-    # by one so that column 0 collects the tokens off the mask
+    # steps as (B, S) tables: token count n_{i,s}, last valid token e_{i,s}, probability p_{i,s} (read at e_{i,s},
+    # where the PRM reads it); the ids are shifted by one so that column 0 collects the tokens off the mask
     S = max(int(seg.max()) + 1, 1)
     col = seg + 1
     pos = torch.arange(L, device=m.device).expand(B, L)
     n = m.new_zeros(B, S + 1).scatter_add(1, col, m)[:, 1:]
-    e = torch.full((B, S + 1), -1, device=m.device).scatter_reduce(1, col, pos, reduce="amax")[:, 1:].clamp(min=0)
+    e = torch.full((B, S + 1), -1, device=m.device).scatter_reduce(1, col, pos, reduce="amax")[:, 1:]
     is_step = n > 0
+    last = torch.where(is_step, e, -1).amax(-1)  # the response's last valid token, -1 for an empty response
+    e = torch.where(is_step, e, last.clamp(min=0)[:, None])  # a missing step points at the last token: harmless
     p_step = p.gather(1, e)
-    p_tok = torch.cat([p_step.new_zeros(B, 1), p_step], dim=1).gather(1, col)
-    if bool(((p - p_tok).abs() * m > 1e-6).any()):
-        raise ValueError("pure: prm_scores must carry one value per step (the same on every valid token of a "
-                         "segment_ids step); got different values within a step")
     num_steps = is_step.sum(-1)
 
     r = 2 * p_step - 1
@@ -561,18 +560,18 @@ def compute_pure_advantage(
         logger.warning("pure: %d response(s) alone in their group: baseline b = 0 and verifiable reward v = 0",
                        n_single)
 
-    reward = m.new_zeros(B, L).scatter_add(1, e, q_adj * is_step)
-    last = (m * torch.arange(1, L + 1, device=m.device, dtype=m.dtype)).amax(-1).long() - 1  # -1: empty response
-    reward = reward.scatter_add(1, last.clamp(min=0)[:, None], (cfg.vr_coef * v * (last >= 0))[:, None])
-    adv = reward.flip(-1).cumsum(-1).flip(-1) * m
+    # (B, L) work in place on this call's buffers: each fresh (B, L) buffer costs more than its arithmetic on CPU
+    reward = m.new_zeros(B, L).scatter_add_(1, e, q_adj * is_step)
+    reward.scatter_add_(1, last.clamp(min=0)[:, None], (cfg.vr_coef * v * (last >= 0))[:, None])
+    # return to go sum_{j >= t} reward_j = total - sum_{j < t} reward_j (a few nonzero rewards per row: no
+    # cancellation to speak of; two flips of (B, L) would cost more than the whole rest)
+    adv = (reward.sum(-1, keepdim=True) - reward.cumsum(-1)).add_(reward).mul_(m)
     if cfg.mask_separator:
-        step_end = m.new_zeros(B, L).scatter_add(1, e, is_step.float()) > 0
-        adv = adv.masked_fill(step_end, 0.0)
+        adv.scatter_(1, e, 0.0)  # every step end e_{i,s}, the last valid token included
     if cfg.whiten:
         n_valid = m.sum().clamp(min=1)
-        mean = adv.sum() / n_valid  # adv is 0 off the mask
-        var = (((adv - mean) * m) ** 2).sum() / n_valid
-        adv = (adv - mean) / var.clamp(min=1e-8).sqrt() * m
+        dev = adv.sub_(adv.sum() / n_valid).mul_(m)  # A - mean on valid tokens (adv is 0 off the mask)
+        adv = dev.div_((torch.linalg.vector_norm(dev) ** 2 / n_valid).clamp(min=1e-8).sqrt())
 
     if metrics is not None:
         nonempty = num_steps > 0
