@@ -318,7 +318,7 @@ def _kl_to_go_fixed(d: torch.Tensor, m: torch.Tensor, step_len: int, kl_scope: s
     return per_step.repeat_interleave(step_len, dim=1)[:, :L]
 
 
-def _kl_to_go_from_ids(d: torch.Tensor, m: torch.Tensor, seg: torch.Tensor, kl_scope: str) -> torch.Tensor:
+def _kl_to_go_from_ids(d: torch.Tensor, seg: torch.Tensor, kl_scope: str) -> torch.Tensor:
     """Per-token KL to go for arbitrary steps (non-decreasing ids, -1 off the mask): one scatter into (B, S) step
     tables and one gather back, with the ids shifted by one so that column 0 collects the tokens off the mask."""
     B, L = d.shape
@@ -385,7 +385,7 @@ def compute_prl_advantage(
                                     groups=(b.gid, b.num_groups))
         if segment_ids is not None:
             seg = _step_ids(b, segment_ids)
-            kl_to_go = _kl_to_go_from_ids(d, m, seg, cfg.kl_scope)
+            kl_to_go = _kl_to_go_from_ids(d, seg, cfg.kl_scope)
             n_steps = _steps_per_response(seg)
         elif cfg.segmentation == "newline":
             raise ValueError("algorithm.prl.segmentation=newline needs `segment_ids` from the trainer (it decodes the "
