@@ -3,14 +3,12 @@
 Batch: 1024 responses x 4096 tokens, groups of 8 (uids shuffled over the batch), random lengths in [1, 4096].
 Each row of the table is the median wall time over ``--repeats`` interleaved rounds (after one warm-up) and its
 ratio to ``grpo`` (``core_algos.compute_grpo_outcome_advantage``). ``prpo`` includes the entropy segmentation and the
-broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmentation; ``prm_avg`` and ``spro`` are
-the estimators alone.
+broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmentation; ``prm_avg``, ``spro`` and
+``pure`` are the estimators alone (``pure`` reads the entropy segments as its steps).
 
-On CPU much of the cost of these memory-bound kernels is the first touch of freshly allocated (B, L) buffers (one
-page fault per 4 KiB); ``verl_prpo.ops.empty_buffer`` asks for transparent huge pages for the large buffers the
-estimators allocate themselves. PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` does that for every allocation (grpo's too); the
-header says whether it was set. On a machine shared with other jobs, use ``--threads 1``: with more threads than free
-cores every parallel kernel waits for its slowest thread.
+PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for every allocation) changes the cost of first touching
+fresh (B, L) buffers on CPU; the header says whether it was set. On a machine shared with other jobs, use
+``--threads 1``: with more threads than free cores every parallel kernel waits for its slowest thread.
 
     python benchmarks/bench_advantages.py [--batch 1024] [--length 4096] [--group 8] [--repeats 7] [--threads N]
 """
@@ -79,6 +77,13 @@ def run_spro(b: dict) -> torch.Tensor:
     )[0]
 
 
+def run_pure(b: dict) -> torch.Tensor:
+    return E.compute_pure_advantage(
+        b["token_level_rewards"], b["response_mask"], b["index"], None,
+        prm_scores=b["prm_scores"], segment_ids=b["segment_ids"],
+    )[0]
+
+
 def run_grpo(b: dict) -> torch.Tensor:
     return core_algos.compute_grpo_outcome_advantage(b["token_level_rewards"], b["response_mask"], b["index"])[0]
 
@@ -109,7 +114,9 @@ def main() -> None:
     b = make_batch(args.batch, args.length, args.group)
     seg = segment("entropy", b["response_mask"], entropy=b["entropy"], k=5, m=10)
     b["prm_scores"] = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
-    runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro}
+    b["segment_ids"] = seg.segment_ids
+    runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
+            "pure": run_pure}
     times = measure(runs, b, args.repeats)
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     print(f"batch {args.batch} x {args.length}, group {args.group}, CPU, {torch.get_num_threads()} threads, "

@@ -17,6 +17,7 @@ def test_defaults_match_design():
         normalization="fixed", outcome_shift=True, beta_norm="none", eps=1e-6,
     )
     assert abs(PRPOConfig().sigma - 0.2887) < 1e-4
+    assert PRPOConfig().cut_rule == "greedy" and PRPOConfig(cut_rule="released").cut_rule == "released"
     assert PRLConfig() == PRLConfig(
         segmentation="fixed", step_len=256, eta=100.0, variant="outcome_first", kl_scope="step_end", eps=1e-6
     )
@@ -39,6 +40,9 @@ def test_defaults_match_design():
         (PRPOConfig, {"k": True}, "algorithm.prpo.k must be an integer"),
         (PRPOConfig, {"k": 2.5}, "algorithm.prpo.k must be an integer"),
         (PRPOConfig, {"eps": 0.0}, "algorithm.prpo.eps must be > 0"),
+        (PRPOConfig, {"cut_rule": "paper"}, "algorithm.prpo.cut_rule must be one of"),
+        (PRPOConfig, {"cut_rule": "released", "segmentation": "uniform"},
+         "algorithm.prpo.cut_rule=released applies to algorithm.prpo.segmentation=entropy only"),
         (PRLConfig, {"eta": 0}, "algorithm.prl.eta must be > 0"),
         (PRLConfig, {"step_len": 0}, "algorithm.prl.step_len must be >= 1"),
         (PRLConfig, {"segmentation": "entropy"}, "algorithm.prl.segmentation must be one of"),

@@ -31,7 +31,11 @@ EXPECTED_METRICS = {
              "prm/score_mean", "timing_s/prm"],
     "prl": ["prl/process_term/mean", "prl/process_term/std", "prl/steps_per_response/mean", "adv/mean", "adv/std"],
     "spro": ["spro/msa/mean", "spro/msa/std", "spro/cpr/mean", "adv/mean", "adv/std"],
+    "pure": ["pure/soft_min_reward/mean", "pure/baseline/mean", "pure/steps_per_response/mean",
+             "pure/steps_per_response/max", "adv/mean", "adv/std", "adv/mean_abs_diff_vs_grpo",
+             "prm/score_mean", "timing_s/prm"],
 }
+ESTIMATORS = list(EXPECTED_METRICS)
 
 
 @pytest.fixture(scope="session")
@@ -70,18 +74,26 @@ def _initial_state(policy_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in load_file(str(policy_dir / "model.safetensors")).items()}
 
 
+class _Runs(dict):
+    """One training run per estimator, started on first use (so ``-k pure`` runs only that one)."""
+
+    def __init__(self, assets, root: Path):
+        super().__init__()
+        self.assets, self.root = assets, root
+
+    def __missing__(self, est: str) -> dict:
+        out = self.root / est
+        records = _run(est, self.assets, out, STEPS, [f"trainer.save_freq={STEPS}"])
+        self[est] = {"records": records, "out": out}
+        return self[est]
+
+
 @pytest.fixture(scope="session")
 def runs(tiny_assets, tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e_runs")
-    results = {}
-    for est in ("grpo", "prpo", "prl", "spro"):
-        out = root / est
-        records = _run(est, tiny_assets, out, STEPS, [f"trainer.save_freq={STEPS}"])
-        results[est] = {"records": records, "out": out}
-    return results
+    return _Runs(tiny_assets, tmp_path_factory.mktemp("e2e_runs"))
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "prpo", "prl", "spro"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_training_steps_complete_and_log_finite_metrics(runs, estimator):
     records = runs[estimator]["records"]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
@@ -93,7 +105,7 @@ def test_training_steps_complete_and_log_finite_metrics(runs, estimator):
         assert data["training/global_step"] == r["step"]
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "prpo", "prl", "spro"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_actor_weights_changed(runs, tiny_assets, estimator):
     after = _actor_state(runs[estimator]["out"] / "checkpoints" / f"global_step_{STEPS}")
     before = _initial_state(Path(tiny_assets.policy_dir))
@@ -108,6 +120,13 @@ def test_prpo_advantages_differ_from_grpo_on_the_same_batch(runs):
     for r in runs["prpo"]["records"]:
         assert r["data"]["adv/mean_abs_diff_vs_grpo"] > 1e-4
         assert r["data"]["prpo/segments_per_response/max"] >= 2  # entropy segmentation did cut
+
+
+def test_pure_advantages_are_whitened_and_differ_from_grpo(runs):
+    for r in runs["pure"]["records"]:
+        assert r["data"]["adv/mean_abs_diff_vs_grpo"] > 1e-4
+        assert abs(r["data"]["adv/mean"]) < 1e-3  # whiten=true: mean 0 over the valid tokens
+        assert r["data"]["pure/steps_per_response/mean"] >= 1
 
 
 def test_spro_msa_is_zero_while_policy_equals_reference(runs):

@@ -182,7 +182,7 @@ def test_group_position_stats_matches_loops(b):
     gid, G = ops.group_ids(b["uids"])
     total, count, mean, std = ops.group_position_stats(x, mask, gid, G)
     xm = x * mask
-    t2, c2, m2, s2 = ops.group_position_stats(xm, mask.float(), gid, G, with_std=False, x_is_masked=True)
+    t2, c2, m2, s2 = ops.group_position_stats(xm, mask.float(), gid, G, with_std=False)
     assert s2 is None and torch.equal(c2, count)
     torch.testing.assert_close(m2, mean)
     assert torch.equal(xm, x * mask)  # input untouched
@@ -228,13 +228,3 @@ def test_masked_mean_std():
     assert ops.masked_mean_std(x, torch.zeros(2, 3)) == (0.0, 0.0)
     assert ops.masked_mean_std(torch.tensor([[5.0]]), torch.ones(1, 1)) == (5.0, 0.0)
     assert math.isfinite(ops.masked_mean_std(torch.randn(3, 4))[1])
-
-
-@pytest.mark.parametrize("block_bytes", [1, 40, 4 << 20])
-def test_sub_group_rows_in_blocks(block_bytes):
-    x = torch.arange(30, dtype=torch.float32).view(6, 5)
-    table = torch.tensor([[1.0] * 5, [10.0] * 5, [100.0] * 5])
-    gid = torch.tensor([2, 0, 1, 1, 0, 2])
-    expected = [[x[i, t].item() - table[gid[i], t].item() for t in range(5)] for i in range(6)]
-    out = ops.sub_group_rows_(x, table, gid, block_bytes=block_bytes)
-    assert out is x and x.tolist() == expected

@@ -105,6 +105,27 @@ EXPECTED = {
         "prm.enable": False,
     },
 }
+EXPECTED["pure_qwen2.5-math-7b"] = {  # the released launch script's values (CJReinforce/PURE, train_pure.sh)
+    "algorithm.adv_estimator": "pure",
+    "algorithm.pure.weighting": "min_form",
+    "algorithm.pure.temperature": 0.1,
+    "algorithm.pure.baseline": "token",
+    "algorithm.pure.vr_coef": 0.1,
+    "algorithm.pure.mask_separator": True,
+    "algorithm.pure.whiten": True,
+    "algorithm.pure.segmentation": "newline",
+    "actor_rollout_ref.rollout.n": 4,
+    "actor_rollout_ref.rollout.temperature": 0.5,
+    "actor_rollout_ref.actor.optim.lr": 5e-7,
+    "data.train_batch_size": 64,
+    "actor_rollout_ref.actor.ppo_mini_batch_size": 32,
+    "data.max_prompt_length": 1024,
+    "data.max_response_length": 2048,
+    "actor_rollout_ref.actor.kl_loss_coef": 0.001,
+    "prm.enable": True,
+    "prm.model_path": "Qwen/Qwen2.5-Math-PRM-7B",
+    "actor_rollout_ref.model.path": "Qwen/Qwen2.5-Math-7B",
+}
 TRAIN_FILE = {name: "math_train.parquet" for name in EXPECTED} | {"prl_qwen2.5-math-1.5b": "numina_math_1_5_train.parquet"}
 # run script -> config name
 RUN_SCRIPTS = {
@@ -118,6 +139,7 @@ RUN_SCRIPTS = {
     "prpo_ablations/run_process_only.sh": "prpo_process_only",
     "prl/run_prl.sh": "prl_qwen2.5-math-1.5b",
     "spro/run_spro.sh": "spro_qwen2.5-math-1.5b",
+    "pure/run_pure.sh": "pure_qwen2.5-math-7b",
 }
 PRM_RECIPES = {name for name, exp in EXPECTED.items() if exp.get("prm.enable")}
 
@@ -286,7 +308,7 @@ def test_plugin_and_verl_validation(name, monkeypatch):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from verl_prpo.config import PRLConfig, PRPOConfig, SPROConfig
+    from verl_prpo.config import PRLConfig, PRPOConfig, PUREConfig, SPROConfig
     from verl_prpo.trainer import ensure_reference_policy, validate_plugin_config
 
     cfg = compose(name)
@@ -297,7 +319,8 @@ def test_plugin_and_verl_validation(name, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     typed = validate_plugin_config(cfg)  # prm.model_path is a hub name: accepted without a download
     estimator = cfg.algorithm.adv_estimator
-    want = {"prpo": PRPOConfig, "prm_avg": PRPOConfig, "prl": PRLConfig, "spro": SPROConfig}.get(estimator)
+    want = {"prpo": PRPOConfig, "prm_avg": PRPOConfig, "prl": PRLConfig, "spro": SPROConfig,
+            "pure": PUREConfig}.get(estimator)
     assert (typed["estimator"] is None) if want is None else isinstance(typed["estimator"], want)
     assert typed["prm"].enable is (name in PRM_RECIPES)
     if name in PRM_RECIPES:

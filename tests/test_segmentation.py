@@ -37,6 +37,29 @@ def ref_greedy(priority_row, mask_row, k, m):
     return sorted(cuts)
 
 
+def ref_released(priority_row, mask_row, k, m):
+    """ALGORITHMS.md PRPO step 1, ``cut_rule = released``, step by step (holes are not candidates)."""
+    L = length_of(mask_row)
+    if L < k + 1:
+        return []
+    valid = [t for t in range(L) if mask_row[t]]
+    c = sorted(sorted(valid, key=lambda t: (-float(priority_row[t]), t))[:k])
+    kept = []
+    for i in range(len(c) - 1):
+        if c[i + 1] - c[i] > m:
+            kept.append(c[i])
+        else:
+            later = [cj for cj in c[i + 1:] if cj - c[i] > m]
+            if later:
+                kept.append(later[0])
+    cuts, last = [], 0
+    for a in kept:
+        if a - last >= m:
+            cuts.append(a)
+            last = a
+    return cuts
+
+
 def ref_ids_from_cuts(mask_row, cuts):
     """segment id per position: number of cuts <= t on valid positions, -1 elsewhere."""
     return [sum(1 for c in cuts if c <= t) if mask_row[t] else -1 for t in range(len(mask_row))]
@@ -152,6 +175,59 @@ def test_entropy_matches_reference(mask, k, m, levels):
         cuts = ref_greedy(ent[i].tolist(), mask[i].tolist(), k, m)
         assert seg.segment_ids[i].tolist() == ref_ids_from_cuts(mask[i].tolist(), cuts)
     check_consistent(seg, mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# entropy, cut_rule = released (the authors' code)
+# ----------------------------------------------------------------------------------------------------------------------
+
+WORKED_CASES = [  # ALGORITHMS.md PRPO step 1: (L, {position: entropy}, released cuts, greedy cuts), k = 5, m = 10
+    (100, {15: 1.0, 35: 1.0, 55: 1.0, 75: 1.0, 95: 1.0}, [15, 35, 55, 75], [15, 35, 55, 75, 95]),
+    (100, {20: 5.0, 30: 4.0, 50: 3.0, 70: 3.0, 90: 3.0}, [50, 70], [20, 30, 50, 70, 90]),
+    (25, {1: 2.34, 4: 2.77, 11: 2.89, 16: 2.24, 24: 2.77}, [16], [11, 24]),
+]
+
+
+@pytest.mark.parametrize("L, spikes, released, greedy", WORKED_CASES)
+def test_released_rule_worked_cases(L, spikes, released, greedy):
+    ent = torch.zeros(2, 120)
+    for t, h in spikes.items():
+        ent[:, t] = h
+    mask = torch.zeros(2, 120)
+    mask[:, :L] = 1
+    for rule, want in (("released", released), ("greedy", greedy)):
+        seg = segment("entropy", mask, entropy=ent, k=5, m=10, cut_rule=rule)
+        for i in range(2):
+            assert [s for s, _ in seg.spans(i)] == [0] + want, rule
+        assert ref_released(ent[0].tolist(), mask[0].tolist(), 5, 10) == released
+        check_consistent(seg, mask)
+
+
+def test_released_rule_short_response_and_errors():
+    mask = torch.zeros(1, 20)
+    mask[0, :5] = 1  # L = 5 < k + 1 = 6: one segment
+    seg = segment("entropy", mask, entropy=torch.rand(1, 20), k=5, m=1, cut_rule="released")
+    assert seg.num_segments.tolist() == [1]
+    with pytest.raises(ValueError, match="unknown cut_rule"):
+        segment("entropy", mask, entropy=torch.rand(1, 20), cut_rule="paper")
+    with pytest.raises(ValueError, match="entropy strategy only"):
+        segment("uniform", mask, cut_rule="released")
+
+
+@SETTINGS
+@given(masks(max_l=60), st.integers(1, 7), st.integers(1, 12), st.integers(0, 4))
+def test_released_rule_matches_transcription(mask, k, m, levels):
+    g = torch.Generator().manual_seed(k * 100 + m + levels)
+    ent = torch.randint(0, levels + 1, mask.shape, generator=g).float() + torch.rand(mask.shape, generator=g) * (
+        levels % 2)  # even levels: many ties; odd: distinct values
+    seg = segment("entropy", mask, entropy=ent, k=k, m=m, cut_rule="released")
+    for i in range(mask.shape[0]):
+        cuts = ref_released(ent[i].tolist(), mask[i].tolist(), k, m)
+        assert seg.segment_ids[i].tolist() == ref_ids_from_cuts(mask[i].tolist(), cuts)
+    check_consistent(seg, mask)
+    # greedy is unchanged by the option
+    greedy = segment("entropy", mask, entropy=ent, k=k, m=m)
+    assert torch.equal(greedy.segment_ids, segment("entropy", mask, entropy=ent, k=k, m=m, cut_rule="greedy").segment_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

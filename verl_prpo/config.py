@@ -7,6 +7,7 @@ The options live in verl's ``algorithm`` node, one sub-node per method::
       prpo: {segmentation: entropy, k: 5, m: 10, ...}
       prl:  {step_len: 256, eta: 100.0, ...}
       spro: {beta_s: 0.05, msa_norm: none}
+      pure: {weighting: min_form, temperature: 0.1, ...}
 
 ``from_algorithm_config(algorithm_node, "prpo")`` turns that sub-node (OmegaConf ``DictConfig``, verl ``AlgoConfig``
 dataclass, plain ``dict`` or ``None``) into the dataclass below. Every value is validated in ``__post_init__``; an
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PRPOConfig", "PRLConfig", "SPROConfig", "CONFIG_CLASSES", "from_algorithm_config"]
+__all__ = ["PRPOConfig", "PRLConfig", "SPROConfig", "PUREConfig", "CONFIG_CLASSES", "from_algorithm_config"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -62,8 +63,15 @@ def _check_bool(prefix: str, name: str, value: Any) -> None:
         raise ValueError(f"{prefix}.{name} must be true or false, got {value!r}")
 
 
+def _check_cut_rule(prefix: str, cut_rule: Any, segmentation: str) -> None:
+    _check_choice(prefix, "cut_rule", cut_rule, PRPOConfig.CUT_RULES)
+    if cut_rule != "greedy" and segmentation != "entropy":
+        raise ValueError(f"{prefix}.cut_rule={cut_rule} applies to {prefix}.segmentation=entropy only, got "
+                         f"segmentation={segmentation}")
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# the three configs
+# one config per method
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -75,11 +83,13 @@ class PRPOConfig:
         segmentation: ``"entropy"`` (default; PRPO's entropy-spike segmentation). ``"uniform"`` and ``"random"``
             are the paper's segmentation ablations; ``"newline"`` (cut after a ``"\\n\\n"`` token, the Qwen PRM
             training split) and ``"fixed"`` (every ``step_len`` tokens) are extra options.
-        k: default 5. Maximum number of cuts per response (PRPO paper; the released code keeps at most 4 -- a quirk,
-            not reproduced). Used by ``entropy``, ``uniform``, ``random``.
+        k: default 5. Maximum number of cuts per response (PRPO paper). Used by ``entropy``, ``uniform``, ``random``.
         m: default 10. Minimum gap between cuts and minimum first cut position (PRPO paper). ``entropy``/``random``.
         step_len: default 256. Segment length of the ``fixed`` strategy (the PRL default, used here for ablations).
         seed: default 0. Seed of the ``random`` segmentation ablation.
+        cut_rule: ``"greedy"`` (default; the method as the paper states it) or ``"released"`` (the authors' released
+            selection: at most k - 1 cuts among the k highest-entropy positions, ALGORITHMS.md PRPO step 1; for
+            reproduction runs). ``entropy`` only.
         mu: default 0.5. Fixed-prior mean of the PRM probability (Uniform[0,1] prior, PRPO paper).
         sigma: default sqrt(1/12) = 0.2887. Fixed-prior std (Uniform[0,1] prior, PRPO paper); the authors' released
             code used sqrt(1/24) = 0.2041.
@@ -96,6 +106,7 @@ class PRPOConfig:
     m: int = 10
     step_len: int = 256
     seed: int = 0
+    cut_rule: str = "greedy"
     mu: float = 0.5
     sigma: float = math.sqrt(1.0 / 12.0)
     normalization: str = "fixed"
@@ -104,6 +115,7 @@ class PRPOConfig:
     eps: float = 1e-6
 
     SEGMENTATIONS = ("entropy", "uniform", "random", "newline", "fixed")
+    CUT_RULES = ("greedy", "released")
     NORMALIZATIONS = ("fixed", "relative")
     BETA_NORMS = ("none", "std")
 
@@ -114,6 +126,7 @@ class PRPOConfig:
         _check_int(p, "m", self.m, 1)
         _check_int(p, "step_len", self.step_len, 1)
         _check_int(p, "seed", self.seed)
+        _check_cut_rule(p, self.cut_rule, self.segmentation)
         self.mu = _to_float(p, "mu", self.mu)
         self.sigma = _to_float(p, "sigma", self.sigma)
         _check_positive(p, "sigma", self.sigma)
@@ -192,8 +205,64 @@ class SPROConfig:
         _check_positive(p, "eps", self.eps)
 
 
+@dataclass
+class PUREConfig:
+    """``algorithm.pure``: PURE, min-form credit assignment (arXiv 2504.15275; released code CJReinforce/PURE).
+
+    Attributes:
+        weighting: ``"min_form"`` (default; w = softmax_s(-r / T), a soft minimum of the step rewards) or ``"none"``
+            (w = 1 / S_i, the mean).
+        temperature: default 0.1 (released code). T of the min-form softmax.
+        baseline: ``"token"`` (default; leave-one-out PRM return per token, times the step's token count) or
+            ``"step"`` (leave-one-out PRM return per step).
+        vr_coef: default 1.0. Weight of the verifiable (outcome) reward v_i = R_i - mean_{k != i} R_k; 0 = PRM only.
+            (The released launch script uses 0.1 with its 0 / 1 correctness reward; the PURE recipe says so.)
+        mask_separator: default True (released code). A = 0 at every step-end token, where the PRM score is read.
+        whiten: default True (released code). Whiten A over the batch's valid tokens.
+        segmentation: ``"newline"`` (default; steps end at a ``"\\n\\n"`` token, as in PURE) or any strategy of
+            ``algorithm.prpo.segmentation``; ``k``, ``m``, ``step_len``, ``seed``, ``cut_rule`` mean what they mean
+            there.
+    """
+
+    weighting: str = "min_form"
+    temperature: float = 0.1
+    baseline: str = "token"
+    vr_coef: float = 1.0
+    mask_separator: bool = True
+    whiten: bool = True
+    segmentation: str = "newline"
+    k: int = 5
+    m: int = 10
+    step_len: int = 256
+    seed: int = 0
+    cut_rule: str = "greedy"
+
+    WEIGHTINGS = ("min_form", "none")
+    BASELINES = ("token", "step")
+    #: the PRM's neutral probability (r = 2 * 0.5 - 1 = 0): the score of a segment the PRM could not read
+    mu = 0.5
+
+    def __post_init__(self) -> None:
+        p = "algorithm.pure"
+        _check_choice(p, "weighting", self.weighting, self.WEIGHTINGS)
+        self.temperature = _to_float(p, "temperature", self.temperature)
+        _check_positive(p, "temperature", self.temperature)
+        _check_choice(p, "baseline", self.baseline, self.BASELINES)
+        self.vr_coef = _to_float(p, "vr_coef", self.vr_coef)
+        if self.vr_coef < 0:
+            raise ValueError(f"{p}.vr_coef must be >= 0, got {self.vr_coef}")
+        _check_bool(p, "mask_separator", self.mask_separator)
+        _check_bool(p, "whiten", self.whiten)
+        _check_choice(p, "segmentation", self.segmentation, PRPOConfig.SEGMENTATIONS)
+        _check_int(p, "k", self.k, 1)
+        _check_int(p, "m", self.m, 1)
+        _check_int(p, "step_len", self.step_len, 1)
+        _check_int(p, "seed", self.seed)
+        _check_cut_rule(p, self.cut_rule, self.segmentation)
+
+
 #: sub-node name of the ``algorithm`` node -> its dataclass
-CONFIG_CLASSES: dict[str, type] = {"prpo": PRPOConfig, "prl": PRLConfig, "spro": SPROConfig}
+CONFIG_CLASSES: dict[str, type] = {"prpo": PRPOConfig, "prl": PRLConfig, "spro": SPROConfig, "pure": PUREConfig}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -235,7 +304,7 @@ def _to_plain_dict(sub: Any, key: str) -> dict[str, Any]:
 
 
 def from_algorithm_config(algorithm_node: Any, name: str):
-    """Read ``algorithm.<name>`` (``name`` in ``prpo``, ``prl``, ``spro``) into its validated dataclass.
+    """Read ``algorithm.<name>`` (``name`` in ``prpo``, ``prl``, ``spro``, ``pure``) into its validated dataclass.
 
     Args:
         algorithm_node: verl's ``algorithm`` node: an OmegaConf ``DictConfig``, a verl ``AlgoConfig`` dataclass
@@ -243,7 +312,7 @@ def from_algorithm_config(algorithm_node: Any, name: str):
         name: the sub-node to read.
 
     Returns:
-        ``PRPOConfig`` / ``PRLConfig`` / ``SPROConfig``. A missing or ``None`` sub-node gives the defaults; an
+        ``PRPOConfig`` / ``PRLConfig`` / ``SPROConfig`` / ``PUREConfig``. A missing or ``None`` sub-node gives the defaults; an
         instance of the dataclass is returned as is.
 
     Raises:

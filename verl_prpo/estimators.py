@@ -1,7 +1,7 @@
-"""Process-reward advantage estimators registered in verl: ``prpo``, ``prm_avg``, ``prl``, ``spro``.
+"""Process-reward advantage estimators registered in verl: ``prpo``, ``prm_avg``, ``prl``, ``spro``, ``pure``.
 
-Each is a pure tensor function with the signature of ``docs/DESIGN.md`` ("Estimator contract") and the formulas of
-``shared/docs/ALGORITHMS.md``. Common rules:
+One function per estimator, each the formula of ``shared/docs/ALGORITHMS.md`` written in plain vectorised torch, with
+the signature of ``docs/DESIGN.md`` ("Estimator contract"). Common rules:
 
 * R_i = sum_t token_level_rewards_{i,t} (as verl's GRPO); groups keyed by ``index`` (uid), never batch position;
   GRPO statistics with verl's conventions (unbiased std, a group of one has mean 0 and std 1), see ``ops``.
@@ -10,30 +10,37 @@ Each is a pure tensor function with the signature of ``docs/DESIGN.md`` ("Estima
   ``compute_advantage`` does not pass raise a ``ValueError`` that says to use ``trainer.v1.trainer_mode=prpo_sync``.
 * metrics (if a dict is given) are Python floats: ``<method>/...`` plus ``adv/mean`` and ``adv/std`` over valid tokens.
 
+Imports without verl (then the functions are plain functions, registered nowhere).
 Shapes: B responses, L response length, G groups, S segments (steps) per response at most.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import register_adv_est
 
 from verl_prpo.config import from_algorithm_config
 from verl_prpo.ops import (
-    all_finite,
     check_finite,
-    empty_buffer,
     group_ids,
     group_mean_std,
     group_position_stats,
+    group_sum,
     masked_mean_std,
+    masked_suffix_sum,
     outcome_advantage,
-    sub_group_rows_,
+    valid_mask,
 )
+
+try:  # registered in verl's ADV_ESTIMATOR_REGISTRY when verl is there
+    from verl.trainer.ppo.core_algos import register_adv_est
+except ImportError:  # verl not installed: plain functions (tests/test_no_verl.py)
+    def register_adv_est(name):
+        return lambda fn: fn
 
 logger = logging.getLogger(__name__)
 
@@ -43,78 +50,90 @@ __all__ = [
     "compute_prm_avg_advantage",
     "compute_prl_advantage",
     "compute_spro_advantage",
+    "compute_pure_advantage",
 ]
 
 #: names registered in verl's ADV_ESTIMATOR_REGISTRY by this module
-ESTIMATOR_NAMES: tuple[str, ...] = ("prpo", "prl", "spro", "prm_avg")
+ESTIMATOR_NAMES: tuple[str, ...] = ("prpo", "prl", "spro", "prm_avg", "pure")
 
 _TRAINER_HINT = "verl's stock compute_advantage does not pass it: set trainer.v1.trainer_mode=prpo_sync"
+_PRM_HINT = " and enable the PRM (prm.enable=true)"
+_REF_HINT = " and enable the reference policy (actor_rollout_ref.actor.use_kl_loss=true with kl_loss_coef=0)"
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# shared input handling
+# input checks, once per estimator call
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _missing_input(estimator: str, field: str, extra: str = "") -> ValueError:
-    return ValueError(f"advantage estimator '{estimator}' needs `{field}` (B, L), but got None; {_TRAINER_HINT}{extra}")
+@dataclass
+class _Batch:
+    """The common inputs of one call, checked: R (B,), mask m (B, L) float32 0/1, valid (B, L) bool, groups."""
+
+    name: str
+    R: torch.Tensor
+    m: torch.Tensor
+    valid: torch.Tensor
+    gid: torch.Tensor
+    num_groups: int
 
 
-class _Inputs:
-    """Validated common inputs of one estimator call."""
+def _batch(name: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any) -> _Batch:
+    if token_level_rewards.dim() != 2:
+        raise ValueError(f"{name}: token_level_rewards must be (B, L), got shape {tuple(token_level_rewards.shape)}")
+    if response_mask.shape != token_level_rewards.shape:
+        raise ValueError(f"{name}: response_mask has shape {tuple(response_mask.shape)}, token_level_rewards "
+                         f"{tuple(token_level_rewards.shape)}")
+    rewards = token_level_rewards.detach().float()
+    check_finite("token_level_rewards", rewards)  # R is the unmasked row sum (as verl): every entry counts
+    R = rewards.sum(-1)
+    if not bool(torch.isfinite(R).all()):
+        raise ValueError("token_level_rewards: the per-response sum R overflows to inf")
+    valid = valid_mask(response_mask.to(rewards.device))
+    gid, num_groups = group_ids(index, expected_len=rewards.shape[0])
+    return _Batch(name, R, valid.float(), valid, gid.to(rewards.device), num_groups)
 
-    def __init__(self, name: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any):
-        if token_level_rewards.dim() != 2:
-            raise ValueError(
-                f"{name}: token_level_rewards must be (B, L), got shape {tuple(token_level_rewards.shape)}"
-            )
-        if response_mask.shape != token_level_rewards.shape:
-            raise ValueError(
-                f"{name}: response_mask has shape {tuple(response_mask.shape)}, token_level_rewards "
-                f"{tuple(token_level_rewards.shape)}"
-            )
-        self.name = name
-        self.rewards = token_level_rewards.detach().float()
-        # R_i is the unmasked row sum (as verl); a finite sum means a finite row, so check (B,) values, not (B, L)
-        self.R = self.rewards.sum(-1)
-        if not bool(torch.isfinite(self.R).all()):
-            check_finite("token_level_rewards", token_level_rewards)
-            raise ValueError("token_level_rewards: the per-response sum R overflows to inf")
-        device = self.rewards.device
-        # float32 0/1 mask (the contract's values); never written to: it may be the caller's tensor
-        self.maskf = response_mask.to(device)
-        if self.maskf.dtype != torch.float32:
-            self.maskf = empty_buffer(self.maskf.shape, torch.float32, device).copy_(self.maskf)
-        self._mask = None
-        gid, num_groups = group_ids(index, expected_len=token_level_rewards.shape[0])
-        self.gid, self.num_groups = gid.to(device), num_groups
-        self.index = index
 
-    @property
-    def mask(self) -> torch.Tensor:
-        """(B, L) bool, built on first use."""
-        if self._mask is None:
-            self._mask = self.maskf != 0
-        return self._mask
+def _missing(b: _Batch, field: str, hint: str) -> ValueError:
+    return ValueError(f"advantage estimator '{b.name}' needs `{field}` (B, L), but got None; {_TRAINER_HINT}{hint}")
 
-    def extra(self, field: str, x: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """Shape/finite check of an extra (B, L) input; float32, detached. Values outside the mask are finite but
-        arbitrary: callers multiply by the mask before summing. ``check=False`` skips the finite check (the caller
-        checks a result derived from ``x`` and calls again with the check if that fails)."""
-        if x.shape != self.maskf.shape:
-            raise ValueError(f"{field} has shape {tuple(x.shape)}, expected {tuple(self.maskf.shape)} like response_mask")
-        finite = not check or all_finite(x) or check_finite(field, x, self.mask)  # masked check only if needed
-        x = x.detach().to(device=self.maskf.device, dtype=torch.float32)
-        if not finite:
-            # NaN/inf only outside the mask: replace them (NaN * 0 would still be NaN)
-            x = torch.where(self.mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        return x
 
-    def outcome(self, norm_by_std: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A_out (B,), beta (B,)) of ``ops.outcome_advantage`` with this call's groups."""
-        return outcome_advantage(
-            self.R[:, None], self.maskf, self.index, norm_by_std=norm_by_std, eps=eps, groups=(self.gid, self.num_groups)
-        )
+def _checked(b: _Batch, field: str, x: torch.Tensor | None, hint: str, within: tuple[float, float] | None = None):
+    """``x`` as float32 (B, L): required, finite and inside ``within`` on valid tokens.
+
+    Off the mask the values are finite but arbitrary (NaN or out-of-range values there are replaced by 0): callers
+    multiply by the mask.
+    """
+    if x is None:
+        raise _missing(b, field, hint)
+    if x.shape != b.m.shape:
+        raise ValueError(f"{field} has shape {tuple(x.shape)}, expected {tuple(b.m.shape)} like response_mask")
+    x = x.detach().to(device=b.m.device, dtype=torch.float32)
+    lo, hi = within if within is not None else (float("-inf"), float("inf"))
+    x_min, x_max = torch.aminmax(x) if x.numel() else (torch.tensor(lo), torch.tensor(hi))
+    if not (lo <= float(x_min) and float(x_max) <= hi and bool(torch.isfinite(x_min) & torch.isfinite(x_max))):
+        # something is off somewhere (NaN compares False): check the valid tokens, clean the others
+        check_finite(field, x, b.valid)
+        bad = b.valid & ((x < lo) | (x > hi))
+        if bool(bad.any()):
+            raise ValueError(f"{field} must be probabilities in [{lo:g}, {hi:g}] on valid tokens; "
+                             f"{int(bad.sum())} value(s) outside, e.g. {float(x[bad][0])}")
+        x = torch.where(b.valid, x, 0.0)  # where, not * m: NaN * 0 is NaN
+    return x
+
+
+def _step_ids(b: _Batch, segment_ids: torch.Tensor | None, hint: str = "") -> torch.Tensor:
+    """The (B, L) long step ids, checked: present, shaped like the mask, >= 0 on valid tokens and -1 elsewhere."""
+    if segment_ids is None:
+        raise _missing(b, "segment_ids", hint)
+    if segment_ids.shape != b.m.shape:
+        raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(b.m.shape)}")
+    seg = segment_ids.to(b.m.device).long()
+    if seg.numel() and (int(seg.min()) < -1 or bool(((seg >= 0) != b.valid).any())):
+        if bool((b.valid & (seg < 0)).any()):
+            raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
+        raise ValueError("segment_ids must be -1 outside the response mask")
+    return seg
 
 
 def _cfg_get(config: Any, key: str, default: Any) -> Any:
@@ -122,76 +141,22 @@ def _cfg_get(config: Any, key: str, default: Any) -> Any:
     if config is None:
         return default
     getter = getattr(config, "get", None)
-    if callable(getter):
-        value = getter(key, default)
-    else:
-        value = getattr(config, key, default)
+    value = getter(key, default) if callable(getter) else getattr(config, key, default)
     return default if value is None else value
 
 
-def _log_prob_diff(inp: _Inputs, old_log_probs, ref_log_prob) -> torch.Tensor:
-    """d = log pi_old - log pi_ref, (B, L) float32, 0 outside the mask."""
-    ref_hint = " and enable the reference policy (actor_rollout_ref.actor.use_kl_loss=true with kl_loss_coef=0)"
-    if old_log_probs is None:
-        raise _missing_input(inp.name, "old_log_probs", ref_hint)
-    if ref_log_prob is None:
-        raise _missing_input(inp.name, "ref_log_prob", ref_hint)
-    old, ref = inp.extra("old_log_probs", old_log_probs, check=False), inp.extra("ref_log_prob", ref_log_prob, check=False)
-    d = torch.sub(old, ref, out=empty_buffer(old.shape, torch.float32, old.device)).mul_(inp.maskf)
-    if not all_finite(d):  # one check on d instead of one per input; NaN/inf in either input shows up here
-        old, ref = inp.extra("old_log_probs", old_log_probs), inp.extra("ref_log_prob", ref_log_prob)
-        torch.sub(old, ref, out=d).mul_(inp.maskf)
-    return d
+def _adv_metrics(metrics: dict, adv: torch.Tensor, m: torch.Tensor) -> None:
+    metrics["adv/mean"], metrics["adv/std"] = masked_mean_std(adv, m)
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum_t a_{i,t} b_{i,t}, (B,), as a batched matmul: no (B, L) temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
-
-
-def _put_adv_metrics(metrics: dict | None, adv: torch.Tensor, mask: torch.Tensor) -> None:
-    if metrics is None:
-        return
-    mean, std = masked_mean_std(adv, mask)
-    metrics["adv/mean"] = mean
-    metrics["adv/std"] = std
-
-
-def _segment_metrics(metrics: dict, prefix: str, segment_ids: torch.Tensor, inp: _Inputs) -> torch.Tensor:
-    """``<prefix>/{mean,min,max}`` of segments per non-empty response; returns the (B,) segment counts."""
-    seg = segment_ids.to(inp.maskf.device).long()
-    counts = torch.where(inp.mask, seg, torch.full_like(seg, -1)).amax(-1).add_(1).clamp_(min=0)
-    nonempty = inp.maskf.amax(-1) > 0 if inp.maskf.shape[-1] else torch.zeros_like(counts, dtype=torch.bool)
-    c = counts[nonempty].double()
-    if c.numel() == 0:
-        metrics.update({f"{prefix}/mean": 0.0, f"{prefix}/min": 0.0, f"{prefix}/max": 0.0})
-    else:
-        metrics.update({f"{prefix}/mean": float(c.mean()), f"{prefix}/min": float(c.min()), f"{prefix}/max": float(c.max())})
-    return counts
+def _steps_per_response(seg: torch.Tensor) -> torch.Tensor:
+    """(B,) number of steps: largest step id + 1 (0 for an empty response)."""
+    return seg.amax(-1).clamp(min=-1) + 1 if seg.shape[-1] else seg.new_zeros(seg.shape[0])
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # PRPO and PRM-Avg
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _prm_scores(inp: _Inputs, prm_scores: torch.Tensor | None) -> torch.Tensor:
-    """The (B, L) PRM probabilities, checked: present, finite and in [0, 1] on valid tokens."""
-    if prm_scores is None:
-        raise _missing_input(inp.name, "prm_scores", " and enable the PRM (prm.enable=true)")
-    p = inp.extra("prm_scores", prm_scores, check=False)
-    if p.numel():
-        lo, hi = torch.aminmax(p)  # one pass for both checks: NaN fails both comparisons, inf the second
-        if not (float(lo) >= 0.0 and float(hi) <= 1.0):
-            p = inp.extra("prm_scores", prm_scores)  # the masked finite check (and NaN outside the mask zeroed)
-            bad = inp.mask & ((p < 0) | (p > 1))
-            if bool(bad.any()):
-                vals = p[bad]
-                raise ValueError(
-                    f"prm_scores must be probabilities in [0, 1] on valid tokens; {vals.numel()} value(s) outside, "
-                    f"e.g. {float(vals[0])}"
-                )
-    return p
 
 
 @register_adv_est("prpo")
@@ -201,81 +166,65 @@ def compute_prpo_advantage(
     index: np.ndarray | None = None,
     config: Any = None,
     *,
-    entropy: torch.Tensor | None = None,
-    old_log_probs: torch.Tensor | None = None,
-    ref_log_prob: torch.Tensor | None = None,
     prm_scores: torch.Tensor | None = None,
     segment_ids: torch.Tensor | None = None,
     metrics: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PRPO advantage (arXiv 2601.07182): fixed-prior normalised PRM score plus the outcome location shift.
+    """PRPO (arXiv 2601.07182), ALGORITHMS.md "PRPO": fixed-prior normalised PRM score plus the outcome shift.
 
-        z_{i,t} = (p_{i,t} - mu) / sigma                                   (normalization = fixed)
-        z_{i,t} = (p_{i,t} - mean_g p) / (std_g p + eps)                   (normalization = relative: mean and
-                  unbiased std over all valid tokens of the group, token-weighted; a group with a single valid
-                  token uses std 1)
-        beta_i  = R_i - mean_G R          (beta_norm = none)   or   (R_i - mean_G R) / (std_G R + eps)   (std)
-        A_{i,t} = z_{i,t} + beta_i        (outcome_shift = True)   or   z_{i,t}   (process-only ablation)
+        z_{i,t} = (p_{i,t} - mu) / sigma                              (normalization = fixed)
+        z_{i,t} = (p_{i,t} - mean_g p) / (std_g p + eps)              (relative: token-weighted mean and unbiased
+                                                                       std over the group's valid tokens; std 1 for a
+                                                                       single valid token)
+        beta_i  = R_i - mean_G R        (beta_norm = none)   or   (R_i - mean_G R) / (std_G R + eps)   (std)
+        A_{i,t} = (z_{i,t} + beta_i) m_{i,t}     (outcome_shift)   or   z_{i,t} m_{i,t}   (process-only ablation)
 
-    Options come from ``algorithm.prpo`` (``PRPOConfig``). The PRM scores are already per token (every token carries
-    its segment's probability), so the segmentation options are used by the trainer, not here.
+    Options: ``algorithm.prpo`` (``PRPOConfig``). The PRM scores are already per token (every token carries its
+    segment's probability); the segmentation options are used by the trainer.
 
     Args:
-        token_level_rewards: ``(B, L)`` outcome reward at the last valid token; R_i is the row sum.
-        response_mask: ``(B, L)`` 0/1.
-        index: ``(B,)`` uids.
+        token_level_rewards: ``(B, L)``; R_i is the row sum. response_mask: ``(B, L)`` 0/1. index: ``(B,)`` uids.
         config: verl's ``algorithm`` node.
         prm_scores: ``(B, L)`` p_{i,t} in [0, 1] on valid tokens (required).
         segment_ids: ``(B, L)`` long, -1 outside the mask (optional, for the segment metrics).
-        metrics: dict receiving ``prpo/segments_per_response/{mean,min,max}``, ``prpo/segment_length/mean``
-            (with ``segment_ids``), ``prpo/prm_score/{mean,std}`` (token-weighted), ``prpo/abs_beta/mean``,
-            ``prpo/z/mean``, ``adv/mean``, ``adv/std``.
+        metrics: dict receiving ``prpo/segments_per_response/{mean,min,max}``, ``prpo/segment_length/mean`` (with
+            ``segment_ids``), ``prpo/prm_score/{mean,std}``, ``prpo/abs_beta/mean``, ``prpo/z/mean``, ``adv/*``.
 
     Returns:
         advantages ``(B, L)`` float32 (0 outside the mask) and returns (the same tensor).
     """
     cfg = from_algorithm_config(config, "prpo")
-    inp = _Inputs("prpo", token_level_rewards, response_mask, index)
-    p = _prm_scores(inp, prm_scores)
-    maskf, gid, num_groups = inp.maskf, inp.gid, inp.num_groups
+    b = _batch("prpo", token_level_rewards, response_mask, index)
+    p = _checked(b, "prm_scores", prm_scores, _PRM_HINT, within=(0.0, 1.0))
+    m, gid = b.m, b.gid
 
-    with torch.no_grad():
-        a_out, beta = inp.outcome(norm_by_std=True, eps=cfg.eps)
-        if cfg.beta_norm == "std":
-            beta = a_out
-        z_mean = None
-        if cfg.normalization == "fixed":
-            # A = (p - mu) / sigma + shift, masked, in two kernels: shift' + p * m / sigma, then * m (m * m = m)
-            shift = (beta if cfg.outcome_shift else torch.zeros_like(beta)) - cfg.mu / cfg.sigma
-            adv = empty_buffer(p.shape, torch.float32, p.device)
-            torch.addcmul(shift[:, None], p, maskf, value=1.0 / cfg.sigma, out=adv).mul_(maskf)
-            if metrics is not None:
-                z_mean = (masked_mean_std(p, maskf)[0] - cfg.mu) / cfg.sigma if float(maskf.sum()) else 0.0
-        else:
-            # token-weighted statistics of p over every valid token of the group (the paper's relative ablation)
-            n_tok = maskf.sum(-1)
-            g_cnt = n_tok.new_zeros(num_groups).index_add_(0, gid, n_tok)
-            g_mean = n_tok.new_zeros(num_groups).index_add_(0, gid, _rowdot(p, maskf)) / g_cnt.clamp(min=1.0)
-            z = torch.sub(p, g_mean.index_select(0, gid)[:, None]).mul_(maskf)
-            g_sq = n_tok.new_zeros(num_groups).index_add_(0, gid, _rowdot(z, z))
-            # a single valid token: the unbiased std is undefined; 1 keeps z = 0 there (p equals the mean)
-            g_std = torch.where(g_cnt >= 2, (g_sq / (g_cnt - 1.0).clamp(min=1.0)).sqrt(), torch.ones_like(g_sq))
-            z.div_(g_std.index_select(0, gid).add_(cfg.eps)[:, None])
-            if metrics is not None:
-                z_mean = masked_mean_std(z, maskf)[0]
-            adv = z.add_(beta[:, None]) if cfg.outcome_shift else z  # z is ours: finish in place
-            adv.mul_(maskf)
+    a_out, beta = outcome_advantage(b.R[:, None], m, None, eps=cfg.eps, groups=(gid, b.num_groups))
+    if cfg.beta_norm == "std":
+        beta = a_out
+    if cfg.normalization == "fixed":
+        z = (p - cfg.mu).div_(cfg.sigma)
+    else:
+        n_tok = group_sum(m.sum(-1), gid, b.num_groups)
+        mean_p = group_sum((p * m).sum(-1), gid, b.num_groups) / n_tok.clamp(min=1.0)
+        dev = (p - mean_p[gid, None]) * m
+        var_p = group_sum((dev**2).sum(-1), gid, b.num_groups) / (n_tok - 1.0).clamp(min=1.0)
+        std_p = torch.where(n_tok >= 2, var_p.sqrt(), 1.0)
+        z = dev.div_(std_p[gid, None] + cfg.eps)
+    z_mean = masked_mean_std(z, m)[0] if metrics is not None else 0.0
+    adv = (z.add_(beta[:, None]) if cfg.outcome_shift else z).mul_(m)  # A = (z + beta) m, in z's buffer
 
     if metrics is not None:
         if segment_ids is not None:
-            counts = _segment_metrics(metrics, "prpo/segments_per_response", segment_ids, inp)
-            n_seg = float(counts.sum())
-            metrics["prpo/segment_length/mean"] = float(maskf.sum(dtype=torch.float64)) / n_seg if n_seg else 0.0
-        metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = masked_mean_std(p, maskf)
+            counts = _steps_per_response(_step_ids(b, segment_ids)).double()
+            nonempty = counts[counts > 0]
+            for stat in ("mean", "min", "max"):
+                metrics[f"prpo/segments_per_response/{stat}"] = float(getattr(nonempty, stat)()) if len(nonempty) else 0.0
+            metrics["prpo/segment_length/mean"] = float(m.sum()) / float(counts.sum()) if counts.sum() else 0.0
+        metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = masked_mean_std(p, m)
         metrics["prpo/abs_beta/mean"] = float(beta.abs().double().mean()) if beta.numel() else 0.0
         metrics["prpo/z/mean"] = z_mean
-        _put_adv_metrics(metrics, adv, maskf)
+        _adv_metrics(metrics, adv, m)
     return adv, adv
 
 
@@ -286,19 +235,15 @@ def compute_prm_avg_advantage(
     index: np.ndarray | None = None,
     config: Any = None,
     *,
-    entropy: torch.Tensor | None = None,
-    old_log_probs: torch.Tensor | None = None,
-    ref_log_prob: torch.Tensor | None = None,
     prm_scores: torch.Tensor | None = None,
-    segment_ids: torch.Tensor | None = None,
     metrics: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PRM-Avg baseline (PRPO paper): the mean PRM score is added to the outcome, then GRPO.
+    """PRM-Avg baseline (PRPO paper, ALGORITHMS.md "Baselines"): the mean PRM score is added to the outcome, then GRPO.
 
         pbar_i  = sum_t p_{i,t} m_{i,t} / sum_t m_{i,t}    (token-weighted; an empty response uses mu, logged)
         R'_i    = R_i + pbar_i
-        A_{i,t} = (R'_i - mean_G R') / (std_G R' + eps)  (R'_i - mean_G R' if norm_adv_by_std_in_grpo is False)
+        A_{i,t} = (R'_i - mean_G R') / (std_G R' + eps) m_{i,t}   (R'_i - mean_G R' if norm_adv_by_std_in_grpo=False)
 
     ``mu`` and ``eps`` come from ``algorithm.prpo``; ``norm_adv_by_std_in_grpo`` from ``algorithm`` (default True).
 
@@ -313,29 +258,27 @@ def compute_prm_avg_advantage(
     """
     cfg = from_algorithm_config(config, "prpo")
     norm_by_std = bool(_cfg_get(config, "norm_adv_by_std_in_grpo", True))
-    inp = _Inputs("prm_avg", token_level_rewards, response_mask, index)
-    p = _prm_scores(inp, prm_scores)
-    maskf = inp.maskf
+    b = _batch("prm_avg", token_level_rewards, response_mask, index)
+    p = _checked(b, "prm_scores", prm_scores, _PRM_HINT, within=(0.0, 1.0))
+    m = b.m
 
-    with torch.no_grad():
-        n_tok = maskf.sum(-1)
-        empty = n_tok == 0
-        n_empty = int(empty.sum())
-        if n_empty:
-            logger.warning("prm_avg: %d empty response(s) have no PRM score; using mu=%.4g as their mean", n_empty,
-                           cfg.mu)
-        pbar = torch.where(empty, torch.full_like(n_tok, cfg.mu), _rowdot(p, maskf) / n_tok.clamp(min=1.0))
-        r_prime = inp.R + pbar
-        mean, std, _ = group_mean_std(r_prime, inp.gid, inp.num_groups)
-        scores = r_prime - mean[inp.gid]
-        if norm_by_std:
-            scores = scores / (std[inp.gid] + cfg.eps)
-        adv = torch.mul(scores[:, None], maskf, out=empty_buffer(maskf.shape, torch.float32, maskf.device))
+    n_tok = m.sum(-1)
+    empty = n_tok == 0
+    n_empty = int(empty.sum())
+    if n_empty:
+        logger.warning("prm_avg: %d empty response(s) have no PRM score; using mu=%.4g as their mean", n_empty, cfg.mu)
+    pbar = torch.where(empty, cfg.mu, (p * m).sum(-1) / n_tok.clamp(min=1.0))
+    R_prime = b.R + pbar
+    mean, std, _ = group_mean_std(R_prime, b.gid, b.num_groups)
+    score = R_prime - mean[b.gid]
+    if norm_by_std:
+        score = score / (std[b.gid] + cfg.eps)
+    adv = score[:, None] * m
 
     if metrics is not None:
-        metrics["prm_avg/prm_mean/mean"] = float(pbar[~empty].double().mean()) if n_empty < pbar.numel() else 0.0
+        metrics["prm_avg/prm_mean/mean"] = float(pbar[~empty].double().mean()) if n_empty < len(pbar) else 0.0
         metrics["prm_avg/empty_responses"] = float(n_empty)
-        _put_adv_metrics(metrics, adv, maskf)
+        _adv_metrics(metrics, adv, m)
     return adv, adv
 
 
@@ -344,91 +287,49 @@ def compute_prm_avg_advantage(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _select_scope(step_sum: torch.Tensor, d_last: torch.Tensor | None, kl_scope: str) -> torch.Tensor:
-    """(B, S) KL-to-go of each step from its (B, S) sums D_l and the d of its last valid token.
+def _log_ratio(b: _Batch, old_log_probs, ref_log_prob) -> torch.Tensor:
+    """d_{i,t} = log pi_old - log pi_ref, (B, L) float32, 0 outside the mask."""
+    old = _checked(b, "old_log_probs", old_log_probs, _REF_HINT)
+    ref = _checked(b, "ref_log_prob", ref_log_prob, _REF_HINT)
+    return (old - ref).mul_(b.m)
 
-        whole_step: sum_{l' >= l} D_l'     after_step: sum_{l' > l} D_l'     step_end: d_{e_l} + sum_{l' > l} D_l'
+
+def _kl_to_go_of_step(D: torch.Tensor, d_last: torch.Tensor, kl_scope: str) -> torch.Tensor:
+    """(B, S) KL still to come from step l, from the step sums D_l and the d of each step's last valid token.
+
+        whole_step: sum_{l' >= l} D_l'    after_step: sum_{l' > l} D_l'    step_end: d_{e_l} + sum_{l' > l} D_l'
     """
-    whole = step_sum.flip(-1).cumsum(-1).flip(-1)
-    if kl_scope == "whole_step":
-        return whole
-    after = whole - step_sum
-    return after if kl_scope == "after_step" else after + d_last
+    whole = D.flip(-1).cumsum(-1).flip(-1)
+    return {"whole_step": whole, "after_step": whole - D, "step_end": whole - D + d_last}[kl_scope]
 
 
-def _prl_steps_from_ids(d: torch.Tensor, seg: torch.Tensor, inp: _Inputs, kl_scope: str) -> torch.Tensor:
-    """Per-token KL-to-go (B, L) of each token's step for arbitrary step ids (non-decreasing along the response).
-
-    One scatter of d into (B, S) step sums, one gather back; the last valid token of each step by a scatter-max.
-    """
+def _kl_to_go_fixed(d: torch.Tensor, m: torch.Tensor, step_len: int, kl_scope: str) -> torch.Tensor:
+    """Per-token KL to go for ``fixed`` steps: step l is the block [l * s, (l + 1) * s) of a (B, S, s) view.
+    Values off the mask are arbitrary (callers multiply by it)."""
     B, L = d.shape
-    num_steps = int(seg.max()) + 1 if seg.numel() else 0
-    if num_steps <= 0:
-        return torch.zeros_like(d)
-    col = torch.where(inp.mask, seg, torch.full_like(seg, num_steps))  # invalid tokens -> dummy column
-    step_sum = d.new_zeros(B, num_steps + 1).scatter_add_(1, col, d)[:, :num_steps]
-    d_last = None
-    if kl_scope == "step_end":
-        pos = torch.arange(L, device=d.device).expand(B, L)
-        last = torch.full((B, num_steps + 1), -1, dtype=torch.long, device=d.device)
-        last = last.scatter_reduce_(1, col, pos, reduce="amax", include_self=True)[:, :num_steps]
-        d_last = d.gather(1, last.clamp(min=0)) * (last >= 0)  # a step id with no token contributes nothing
-    per_step = _select_scope(step_sum, d_last, kl_scope)
-    return per_step.gather(1, seg.clamp(min=0)).mul_(inp.maskf)
+    S = -(-L // step_len)
+    pad = (0, S * step_len - L)
+    d_blocks = torch.nn.functional.pad(d, pad).view(B, S, step_len)
+    m_blocks = torch.nn.functional.pad(m, pad).view(B, S, step_len)
+    pos1 = torch.arange(1, step_len + 1, device=d.device, dtype=d.dtype)
+    last = (m_blocks * pos1).amax(-1).long() - 1  # the step's last valid token in its block, -1 for none
+    d_last = d_blocks.gather(2, last.clamp(min=0)[..., None]).squeeze(-1) * (last >= 0)
+    per_step = _kl_to_go_of_step(d_blocks.sum(-1), d_last, kl_scope)
+    return per_step.repeat_interleave(step_len, dim=1)[:, :L]
 
 
-def _block_last_valid(bm: torch.Tensor) -> torch.Tensor:
-    """(B, S) index + 1 of the last valid position of each (B, S, s) mask block (0 for an empty block).
-
-    Without a (B, L) temporary in the usual case: with c ones in a block, their positions sum to c (c - 1) / 2 exactly
-    when they are the first c positions, and then the last one is c - 1. Count and position sum are a view-sum and a
-    mat-vec product; only a block with holes sends the batch to the general (mask * position).amax.
-    """
-    pos = torch.arange(bm.shape[-1], device=bm.device, dtype=torch.float32)
-    count = bm.sum(-1)
-    moment = torch.matmul(bm, pos)  # exact: integers below 2**24
-    if bool(torch.equal(moment, count * (count - 1) / 2)):
-        return count
-    return (bm * (pos + 1)).amax(-1)
-
-
-def _prl_fixed(d: torch.Tensor, a_out: torch.Tensor, inp: _Inputs, step_len: int, eta: float, kl_scope: str):
-    """rho for ``fixed`` steps without materialising step ids: step l is positions [l*s, (l+1)*s), so the (B, L)
-    tensors are viewed as (B, S, s) blocks (plus a tail block when s does not divide L).
-
-    Returns:
-        rho ``(B, L)`` (0 outside the mask) and the (B,) number of steps with a valid token.
-    """
+def _kl_to_go_from_ids(d: torch.Tensor, seg: torch.Tensor, kl_scope: str) -> torch.Tensor:
+    """Per-token KL to go for arbitrary steps (non-decreasing ids, -1 off the mask): one scatter into (B, S) step
+    tables and one gather back, with the ids shifted by one so that column 0 collects the tokens off the mask."""
     B, L = d.shape
-    if L == 0:
-        return torch.zeros_like(d), torch.zeros(B, dtype=torch.long, device=d.device)
-    s = step_len
-    n_full, tail = divmod(L, s)
-    L0 = n_full * s
-    maskf = inp.maskf
-    blocks_d = [d[:, :L0].unflatten(1, (n_full, s))] if n_full else []
-    blocks_m = [maskf[:, :L0].unflatten(1, (n_full, s))] if n_full else []
-    if tail:
-        blocks_d.append(d[:, L0:].unsqueeze(1))
-        blocks_m.append(maskf[:, L0:].unsqueeze(1))
-    step_sum = torch.cat([b.sum(-1) for b in blocks_d], dim=1)  # (B, S); d is already 0 outside the mask
-    d_last = None
-    if kl_scope == "step_end":
-        lasts = []
-        for bd, bm in zip(blocks_d, blocks_m):
-            last1 = _block_last_valid(bm)  # last valid position in the block + 1; 0 if none
-            idx = (last1 - 1).clamp_(min=0).long().unsqueeze(-1)
-            lasts.append(bd.gather(2, idx).squeeze(-1) * (last1 > 0))
-        d_last = torch.cat(lasts, dim=1)
-    per_step = _select_scope(step_sum, d_last, kl_scope)
-    val = torch.sub(a_out[:, None], per_step, alpha=1.0 / eta)  # (B, S): rho is constant within a step
-    rho = empty_buffer(d.shape, d.dtype, d.device)
-    if n_full:
-        torch.mul(val[:, :n_full, None], blocks_m[0], out=rho[:, :L0].unflatten(1, (n_full, s)))
-    if tail:
-        torch.mul(val[:, n_full:], maskf[:, L0:], out=rho[:, L0:])
-    n_steps = (torch.cat([bm.sum(-1) for bm in blocks_m], dim=1) > 0).sum(-1)
-    return rho, n_steps
+    S = int(seg.max()) + 1 if seg.numel() else 0
+    col = seg + 1
+    D = d.new_zeros(B, S + 1).scatter_add(1, col, d)[:, 1:]
+    pos = torch.arange(L, device=d.device).expand(B, L)
+    last = torch.full((B, S + 1), -1, device=d.device).scatter_reduce(1, col, pos, reduce="amax")[:, 1:]
+    d_last = d.gather(1, last.clamp(min=0)) * (last >= 0)
+    per_step = _kl_to_go_of_step(D, d_last, kl_scope)
+    return torch.cat([d.new_zeros(B, 1), per_step], dim=1).gather(1, col)
 
 
 @register_adv_est("prl")
@@ -438,15 +339,13 @@ def compute_prl_advantage(
     index: np.ndarray | None = None,
     config: Any = None,
     *,
-    entropy: torch.Tensor | None = None,
     old_log_probs: torch.Tensor | None = None,
     ref_log_prob: torch.Tensor | None = None,
-    prm_scores: torch.Tensor | None = None,
     segment_ids: torch.Tensor | None = None,
     metrics: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PRL advantage (arXiv 2601.10201): outcome minus the KL to the reference policy still to come.
+    """PRL (arXiv 2601.10201), ALGORITHMS.md "PRL": outcome minus the KL to the reference policy still to come.
 
         d_{i,t} = log pi_old_{i,t} - log pi_ref_{i,t}
         outcome_first: rho_{i,t} = A_out_i - (1/eta) * S_{i,t},   t in step l, with
@@ -465,50 +364,45 @@ def compute_prl_advantage(
         old_log_probs: ``(B, L)`` (required). ref_log_prob: ``(B, L)`` (required).
         segment_ids: ``(B, L)`` long step ids, non-decreasing along the response, -1 outside the mask (optional).
         metrics: dict receiving ``prl/process_term/{mean,std}`` (the -(1/eta) * S part over valid tokens),
-            ``prl/steps_per_response/mean`` (outcome_first; over non-empty responses), ``adv/mean``, ``adv/std``.
+            ``prl/steps_per_response/mean`` (outcome_first; steps with a valid token, over non-empty responses),
+            ``adv/mean``, ``adv/std``.
 
     Returns:
         advantages ``(B, L)`` float32 (0 outside the mask) and returns (the same tensor).
     """
     cfg = from_algorithm_config(config, "prl")
     norm_by_std = bool(_cfg_get(config, "norm_adv_by_std_in_grpo", True))
-    inp = _Inputs("prl", token_level_rewards, response_mask, index)
-    d = _log_prob_diff(inp, old_log_probs, ref_log_prob)
-    maskf = inp.maskf
+    b = _batch("prl", token_level_rewards, response_mask, index)
+    d = _log_ratio(b, old_log_probs, ref_log_prob)
+    m = b.m
     n_steps = None
 
-    with torch.no_grad():
-        if cfg.variant == "process_first":
-            r = inp.R
-            kl_to_go = d.flip(-1).cumsum_(-1).flip(-1)  # sum_{j >= t} d_j (d is 0 outside the mask)
-            adv = torch.sub(r[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(maskf)
+    if cfg.variant == "process_first":
+        base = b.R
+        kl_to_go = masked_suffix_sum(d, b.valid)
+    else:
+        base, _ = outcome_advantage(b.R[:, None], m, None, norm_by_std=norm_by_std, eps=cfg.eps,
+                                    groups=(b.gid, b.num_groups))
+        if segment_ids is not None:
+            seg = _step_ids(b, segment_ids)
+            kl_to_go = _kl_to_go_from_ids(d, seg, cfg.kl_scope)
+            n_steps = _steps_per_response(seg)
+        elif cfg.segmentation == "newline":
+            raise ValueError("algorithm.prl.segmentation=newline needs `segment_ids` from the trainer (it decodes the "
+                             f"response tokens); {_TRAINER_HINT}, or use algorithm.prl.segmentation=fixed")
         else:
-            a_out, _ = inp.outcome(norm_by_std=norm_by_std, eps=cfg.eps)
-            if segment_ids is not None:
-                if segment_ids.shape != d.shape:
-                    raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(d.shape)}")
-                seg = segment_ids.to(d.device).long()
-                if bool((seg[inp.mask] < 0).any()):
-                    raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
-                kl_to_go = _prl_steps_from_ids(d, seg, inp, cfg.kl_scope)
-                adv = torch.sub(a_out[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(maskf)
-                n_steps = torch.where(inp.mask, seg, torch.full_like(seg, -1)).amax(-1) + 1 if seg.shape[1] else None
-            elif cfg.segmentation == "newline":
-                raise ValueError(
-                    "algorithm.prl.segmentation=newline needs `segment_ids` from the trainer (it decodes the "
-                    f"response tokens); {_TRAINER_HINT}, or use algorithm.prl.segmentation=fixed"
-                )
-            else:
-                adv, n_steps = _prl_fixed(d, a_out, inp, cfg.step_len, cfg.eta, cfg.kl_scope)
+            kl_to_go = _kl_to_go_fixed(d, m, cfg.step_len, cfg.kl_scope)
+            if metrics is not None:  # steps holding a valid token
+                blocks = torch.nn.functional.pad(m, (0, -m.shape[1] % cfg.step_len)).view(m.shape[0], -1, cfg.step_len)
+                n_steps = (blocks.amax(-1) > 0).sum(-1)
+    adv = torch.sub(base[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(m)  # (base - kl_to_go / eta) * m
 
     if metrics is not None:
-        base = (r if cfg.variant == "process_first" else a_out)[:, None]
-        metrics["prl/process_term/mean"], metrics["prl/process_term/std"] = masked_mean_std(adv - base, maskf)
+        metrics["prl/process_term/mean"], metrics["prl/process_term/std"] = masked_mean_std(-kl_to_go / cfg.eta, m)
         if n_steps is not None:
-            nonempty = maskf.sum(-1) > 0
-            steps = n_steps[nonempty].double()
+            steps = n_steps[b.valid.any(-1)].double()
             metrics["prl/steps_per_response/mean"] = float(steps.mean()) if steps.numel() else 0.0
-        _put_adv_metrics(metrics, adv, maskf)
+        _adv_metrics(metrics, adv, m)
     return adv, adv
 
 
@@ -524,21 +418,18 @@ def compute_spro_advantage(
     index: np.ndarray | None = None,
     config: Any = None,
     *,
-    entropy: torch.Tensor | None = None,
     old_log_probs: torch.Tensor | None = None,
     ref_log_prob: torch.Tensor | None = None,
-    prm_scores: torch.Tensor | None = None,
-    segment_ids: torch.Tensor | None = None,
     metrics: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPRO advantage (arXiv 2507.01551): outcome advantage plus the Masked Step Advantage of the implicit PRM.
+    """SPRO (arXiv 2507.01551), ALGORITHMS.md "SPRO": outcome advantage plus the Masked Step Advantage.
 
         r_{i,t}   = beta_s * (log pi_old_{i,t} - log pi_ref_{i,t})         (detached)
         CPR_{i,t} = sum_{j <= t, valid} r_{i,j}
         MSA_{i,t} = CPR_{i,t} - mean_{k in G(i), m_{k,t} = 1} CPR_{k,t}     (0 where only one response is alive at t)
                     [ / (std_{k in G(i), m_{k,t} = 1} CPR_{k,t} + eps)      if msa_norm = std; unbiased std ]
-        A_{i,t}   = A_out_i + MSA_{i,t}
+        A_{i,t}   = (A_out_i + MSA_{i,t}) m_{i,t}
         A_out_i   = (R_i - mean_G R) / (std_G R + eps)  (not divided if norm_adv_by_std_in_grpo is False)
 
     Args:
@@ -551,29 +442,144 @@ def compute_spro_advantage(
     """
     cfg = from_algorithm_config(config, "spro")
     norm_by_std = bool(_cfg_get(config, "norm_adv_by_std_in_grpo", True))
-    inp = _Inputs("spro", token_level_rewards, response_mask, index)
-    d = _log_prob_diff(inp, old_log_probs, ref_log_prob)
-    maskf, gid, num_groups = inp.maskf, inp.gid, inp.num_groups
+    b = _batch("spro", token_level_rewards, response_mask, index)
+    d = _log_ratio(b, old_log_probs, ref_log_prob)
+    m, gid = b.m, b.gid
 
-    with torch.no_grad():
-        # d is ours: r, CPR and MSA are built in its memory
-        cpr = d.mul_(cfg.beta_s).cumsum_(-1).mul_(maskf)  # 0 outside the mask
-        if metrics is not None:
-            cpr_mean = masked_mean_std(cpr, maskf)[0]
-        _, _, mean, std = group_position_stats(
-            cpr, maskf, gid, num_groups, with_std=cfg.msa_norm == "std", x_is_masked=True
-        )
-        # a lone response at t: the mean is its own CPR exactly, so its MSA is exactly 0 (and 0 / (0 + eps) = 0)
-        msa = sub_group_rows_(cpr, mean, gid).mul_(maskf)
-        if std is not None:
-            msa.div_(std.add_(cfg.eps).index_select(0, gid))
-        if metrics is not None:
-            msa_stats = masked_mean_std(msa, maskf)
-        a_out, _ = inp.outcome(norm_by_std=norm_by_std, eps=cfg.eps)
-        adv = msa.add_(a_out[:, None]).mul_(maskf)
+    # in place on tensors of this call: each fresh (B, L) buffer costs more than its arithmetic on CPU
+    cpr = d.mul_(cfg.beta_s).cumsum_(-1).mul_(m)  # d is 0 off the mask
+    cpr_mean = masked_mean_std(cpr, m)[0] if metrics is not None else 0.0
+    _, _, mean, std = group_position_stats(cpr, m, gid, b.num_groups, with_std=cfg.msa_norm == "std")
+    msa = cpr.sub_(mean[gid]).mul_(m)  # a lone response at t: the mean is its own CPR, so MSA is exactly 0
+    if std is not None:
+        msa.div_(std[gid] + cfg.eps)
+    msa_stats = masked_mean_std(msa, m) if metrics is not None else (0.0, 0.0)
+    a_out, _ = outcome_advantage(b.R[:, None], m, None, norm_by_std=norm_by_std, eps=cfg.eps,
+                                 groups=(gid, b.num_groups))
+    adv = msa.add_(a_out[:, None]).mul_(m)  # A = (MSA + A_out) m
 
     if metrics is not None:
         metrics["spro/msa/mean"], metrics["spro/msa/std"] = msa_stats
         metrics["spro/cpr/mean"] = cpr_mean
-        _put_adv_metrics(metrics, adv, maskf)
+        _adv_metrics(metrics, adv, m)
+    return adv, adv
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PURE
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _leave_one_out_sum(x: torch.Tensor, gid: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """sum_{k in G(i), k != i} x_k for every i, (B,)."""
+    return group_sum(x, gid, num_groups)[gid] - x
+
+
+@register_adv_est("pure")
+def compute_pure_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    *,
+    prm_scores: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    metrics: dict | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PURE (arXiv 2504.15275), ALGORITHMS.md "PURE": min-form credit assignment of PRM step rewards.
+
+        r_{i,s}  = 2 p_{i,s} - 1                                  step reward (p_good - p_bad)
+        w_{i,s}  = softmax_s(-r_{i,s} / T)   (min_form)   or   1 / S_i   (none)
+        q_{i,s}  = w_{i,s} r_{i,s},   PR_i = sum_s q_{i,s}        (a soft minimum of the step rewards)
+        b_i      = sum_{k != i} PR_k / sum_{k != i} L_k,  q'_{i,s} = q_{i,s} - b_i n_{i,s}      (baseline = token)
+        b_i      = mean_{k != i} PR_k / S_k,               q'_{i,s} = q_{i,s} - b_i            (baseline = step)
+        v_i      = R_i - mean_{k != i} R_k                        verifiable reward (k in the group of i)
+        reward   = q'_{i,s} at e_{i,s} (the step's last valid token) + vr_coef * v_i at the last valid token
+        A_{i,t}  = sum_{j >= t} reward_{i,j}                      return to go, gamma = 1
+        A_{i,e_{i,s}} = 0                                          (mask_separator)
+        A        = (A - mean) / sqrt(max(var, 1e-8)) over all valid tokens of the batch, population var  (whiten)
+
+    L_k is the number of valid tokens, n_{i,s} that of step s, S_i the number of steps. A group of one has b = 0
+    and v = 0 (logged). Whitening includes the separator tokens (A = 0 there before it), then A = 0 outside the mask.
+
+    Args:
+        token_level_rewards: ``(B, L)``; R_i is the row sum. response_mask: ``(B, L)``. index: ``(B,)`` uids.
+        config: verl's ``algorithm`` node (options under ``algorithm.pure``, ``PUREConfig``).
+        prm_scores: ``(B, L)`` p in [0, 1] per token, each step's probability on its tokens as the trainer broadcasts
+            it (required); p_{i,s} is read at the step's last valid token e_{i,s}.
+        segment_ids: ``(B, L)`` long step ids, non-decreasing along the response, -1 outside the mask (required).
+        metrics: dict receiving ``pure/soft_min_reward/mean`` (PR over non-empty responses), ``pure/baseline/mean``,
+            ``pure/steps_per_response/{mean,min,max}``, ``pure/singleton_groups``, ``adv/mean``, ``adv/std``.
+
+    Returns:
+        advantages ``(B, L)`` float32 (0 outside the mask) and returns (the same tensor).
+    """
+    cfg = from_algorithm_config(config, "pure")
+    b = _batch("pure", token_level_rewards, response_mask, index)
+    p = _checked(b, "prm_scores", prm_scores, _PRM_HINT, within=(0.0, 1.0))
+    seg = _step_ids(b, segment_ids, _PRM_HINT)
+    m, gid, G = b.m, b.gid, b.num_groups
+    B, L = m.shape
+    if L == 0:
+        return m.clone(), m.clone()
+
+    # steps as (B, S) tables: token count n_{i,s}, last valid token e_{i,s}, probability p_{i,s} (read at e_{i,s},
+    # where the PRM reads it); the ids are shifted by one so that column 0 collects the tokens off the mask
+    S = max(int(seg.max()) + 1, 1)
+    col = seg + 1
+    pos = torch.arange(L, device=m.device).expand(B, L)
+    n = m.new_zeros(B, S + 1).scatter_add(1, col, m)[:, 1:]
+    e = torch.full((B, S + 1), -1, device=m.device).scatter_reduce(1, col, pos, reduce="amax")[:, 1:]
+    is_step = n > 0
+    last = torch.where(is_step, e, -1).amax(-1)  # the response's last valid token, -1 for an empty response
+    e = torch.where(is_step, e, last.clamp(min=0)[:, None])  # a missing step points at the last token: harmless
+    p_step = p.gather(1, e)
+    num_steps = is_step.sum(-1)
+
+    r = 2 * p_step - 1
+    if cfg.weighting == "min_form":
+        w = torch.softmax(torch.where(is_step, -r / cfg.temperature, float("-inf")), dim=-1).nan_to_num(0.0)
+    else:
+        w = is_step / num_steps.clamp(min=1)[:, None]
+    q = w * r * is_step
+    PR = q.sum(-1)
+
+    others = group_sum(torch.ones_like(PR), gid, G)[gid] - 1
+    if cfg.baseline == "token":
+        others_tokens = _leave_one_out_sum(m.sum(-1), gid, G)
+        b_i = torch.where(others_tokens > 0, _leave_one_out_sum(PR, gid, G) / others_tokens.clamp(min=1), 0.0)
+        q_adj = q - b_i[:, None] * n
+    else:
+        pr_per_step = PR / num_steps.clamp(min=1)
+        b_i = torch.where(others > 0, _leave_one_out_sum(pr_per_step, gid, G) / others.clamp(min=1), 0.0)
+        q_adj = q - b_i[:, None] * is_step
+    v = torch.where(others > 0, b.R - _leave_one_out_sum(b.R, gid, G) / others.clamp(min=1), 0.0)
+    n_single = int((others == 0).sum())
+    if n_single:
+        logger.warning("pure: %d response(s) alone in their group: baseline b = 0 and verifiable reward v = 0",
+                       n_single)
+
+    # (B, L) work in place on this call's buffers: each fresh (B, L) buffer costs more than its arithmetic on CPU
+    reward = m.new_zeros(B, L).scatter_add_(1, e, q_adj * is_step)
+    reward.scatter_add_(1, last.clamp(min=0)[:, None], (cfg.vr_coef * v * (last >= 0))[:, None])
+    # return to go sum_{j >= t} reward_j = total - sum_{j < t} reward_j (a few nonzero rewards per row: no
+    # cancellation to speak of; two flips of (B, L) would cost more than the whole rest)
+    adv = (reward.sum(-1, keepdim=True) - reward.cumsum(-1)).add_(reward).mul_(m)
+    if cfg.mask_separator:
+        adv.scatter_(1, e, 0.0)  # every step end e_{i,s}, the last valid token included
+    if cfg.whiten:
+        n_valid = m.sum().clamp(min=1)
+        dev = adv.sub_(adv.sum() / n_valid).mul_(m)  # A - mean on valid tokens (adv is 0 off the mask)
+        adv = dev.div_((torch.linalg.vector_norm(dev) ** 2 / n_valid).clamp(min=1e-8).sqrt())
+
+    if metrics is not None:
+        nonempty = num_steps > 0
+        metrics["pure/soft_min_reward/mean"] = float(PR[nonempty].double().mean()) if bool(nonempty.any()) else 0.0
+        metrics["pure/baseline/mean"] = float(b_i.double().mean()) if b_i.numel() else 0.0
+        steps = num_steps[nonempty].double()
+        for stat in ("mean", "min", "max"):
+            metrics[f"pure/steps_per_response/{stat}"] = float(getattr(steps, stat)()) if steps.numel() else 0.0
+        metrics["pure/singleton_groups"] = float(n_single)
+        _adv_metrics(metrics, adv, m)
     return adv, adv

@@ -4,16 +4,21 @@ Positions are response-token positions; ``L_i`` is the index of response i's las
 means token c starts a new segment, so cuts c_1 < ... < c_k give segments ``[0,c_1), [c_1,c_2), ..., [c_k, L_i)``.
 Strategies (``shared/docs/ALGORITHMS.md``, PRPO step 1 and PRL steps):
 
-* ``entropy``: greedy entropy spikes. Repeat k times: accept the eligible position with the highest entropy (ties:
-  the earlier token), where c is eligible when ``m <= c < L_i``, the mask is valid at c and ``|c - c'| >= m`` for
-  every cut c' already accepted; a row stops when nothing is eligible. ``L_i <= m`` gives one segment.
+* ``entropy``: entropy spikes, selected by ``cut_rule``:
+  ``greedy`` (the method): repeat k times: accept the eligible position with the highest entropy (ties: the earlier
+  token), where c is eligible when ``m <= c < L_i``, the mask is valid at c and ``|c - c'| >= m`` for every cut c'
+  already accepted; a row stops when nothing is eligible. ``L_i <= m`` gives one segment.
+  ``released`` (the authors' code): the k highest-entropy valid positions c_1 < ... < c_k, a first pass that keeps
+  c_i or the first later c_j more than m away, a second pass with a minimum gap m from 0; ``L_i < k + 1`` gives one
+  segment (ALGORITHMS.md, PRPO step 1, with worked cases).
 * ``uniform``: cuts ``floor(j * L_i / (k + 1))``, j = 1..k, deduplicated, kept in ``[1, L_i)``.
 * ``random``: the ``entropy`` procedure with seeded uniform random priorities instead of the entropy.
 * ``newline``: a cut at t + 1 after every valid token t whose text contains ``"\\n\\n"`` (t + 1 < L_i).
 * ``fixed``: cuts at ``step_len, 2 * step_len, ... < L_i``.
 
 Segments are spans of positions; a position inside ``[0, L_i)`` whose mask is 0 (a hole, e.g. a tool output in a
-multi-turn response) belongs to no segment (id -1) but does not split one.
+multi-turn response) belongs to no segment (id -1) but does not split one. Every strategy produces a (B, L) bool map
+of segment starts; ids are its running count. Plain vectorised torch; needs only torch, not verl.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from typing import Any
 
 import torch
 
-from verl_prpo.ops import check_finite, empty_buffer, valid_mask
+from verl_prpo.ops import check_finite, valid_mask
 
 __all__ = ["Segmentation", "STRATEGIES", "segment", "build_newline_token_mask", "broadcast_segment_scores",
            "response_lengths", "segmentation_from_ids"]
 
 STRATEGIES: tuple[str, ...] = ("entropy", "uniform", "random", "newline", "fixed")
+CUT_RULES: tuple[str, ...] = ("greedy", "released")
 
 
 @dataclass
@@ -57,101 +63,95 @@ class Segmentation:
 
 def response_lengths(response_mask: torch.Tensor) -> torch.Tensor:
     """``(B,)`` long: L_i = index of the last valid token + 1 (0 for an empty response)."""
-    return _lengths_f(valid_mask(response_mask).float()).long()
+    mask = valid_mask(response_mask)
+    if mask.shape[-1] == 0:
+        return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+    pos1 = torch.arange(1, mask.shape[-1] + 1, device=mask.device, dtype=torch.float32)  # exact below 2**24
+    return (mask * pos1).amax(dim=-1).long()
 
 
-def _lengths_f(maskf: torch.Tensor) -> torch.Tensor:
-    """(B,) float L_i from a 0/1 float32 mask."""
-    # float positions are exact below 2**24 tokens; one multiply + one max, no int64 temporaries
-    if maskf.shape[-1] == 0:
-        return maskf.new_zeros(maskf.shape[0])
-    pos1 = torch.arange(1, maskf.shape[-1] + 1, device=maskf.device, dtype=torch.float32)
-    return (maskf * pos1).amax(dim=-1)
+def _from_starts(starts: torch.Tensor, mask: torch.Tensor) -> Segmentation:
+    """Segmentation from the (B, L) bool map of segment starts (position 0 of a non-empty response included, no
+    start at or past L_i): the id of a valid token is the number of starts at or before it, minus 1."""
+    # counted in float32 (exact below 2**24 tokens): on CPU an int64 cumsum over (B, L) costs ~8x more
+    ids = starts.float().cumsum_(dim=-1).mul_(mask).sub_(1).long()
+    return Segmentation(segment_ids=ids, starts=starts, num_segments=starts.sum(dim=-1))
 
 
-def _ids_from_start_map(
-    starts_f: torch.Tensor, mask: torch.Tensor, num_segments: torch.Tensor, starts: torch.Tensor | None = None
-) -> Segmentation:
-    """Segmentation from a float (B, L) map with 1.0 at every segment start (position 0 included, none >= L_i).
-
-    ``starts_f`` is a scratch buffer: it is overwritten (the running count is built in place). ``starts`` is the same
-    map as bool if the caller has it.
-    """
-    if starts is None:
-        starts = starts_f != 0
-    # id of a valid token = number of starts at or before it - 1; -1 outside the mask
-    counts = starts_f.cumsum_(dim=-1).sub_(1.0)
-    torch.where(mask, counts, torch.full((), -1.0, device=counts.device), out=counts)
-    seg = empty_buffer(counts.shape, torch.long, counts.device).copy_(counts)
-    return Segmentation(segment_ids=seg, starts=starts, num_segments=num_segments)
-
-
-def _cuts_into(buf: torch.Tensor, cuts: torch.Tensor, ok: torch.Tensor, nonempty: torch.Tensor):
-    """Write the (B, L) float start map of (B, k) cut positions (all >= 1 where ``ok``) into ``buf``; return the same
-    map as a new bool tensor and the (B,) number of segments (duplicate cuts collapse)."""
-    buf.zero_()
-    # invalid cuts write 0 at position 0 (valid cuts are >= 1, so nothing else lands there), then position 0 is set
-    target = torch.where(ok, cuts, torch.zeros_like(cuts))
-    buf.scatter_(1, target, ok.float())
-    buf[:, 0] = nonempty.float()
-    starts = torch.zeros(buf.shape, dtype=torch.bool, device=buf.device).scatter_(1, target, ok)
-    starts[:, 0] = nonempty
-    # segments = distinct valid cuts + 1, counted on the (B, k) cuts rather than on the (B, L) map
-    srt = torch.where(ok, cuts, torch.zeros_like(cuts)).sort(dim=-1).values
-    first_of_run = torch.ones_like(srt, dtype=torch.bool)
-    first_of_run[:, 1:] = srt[:, 1:] != srt[:, :-1]
-    distinct = (first_of_run & (srt > 0)).sum(-1)
-    return starts, torch.where(nonempty, distinct + 1, torch.zeros_like(distinct))
-
-
-_BLOCK = 64  # block size of the greedy search (block maxima make each pick O(B * (L / 64 + 64)))
+def _starts_from_cuts(cuts: torch.Tensor, ok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool start map from (B, k) cut positions (each >= 1 and < L_i where ``ok``), plus position 0."""
+    starts = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
+    starts.scatter_(1, torch.where(ok, cuts, 0), ok)  # a missing cut writes False at 0, which is set below
+    starts[:, 0] = mask.any(dim=-1)
+    return starts
 
 
 def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
-    """Greedy top-k selection with a minimum gap m, vectorised over rows (loop over the k picks only).
+    """Greedy top-k selection with a minimum gap m, vectorised over rows (a loop over the k picks only).
 
-    Position c is eligible when ``mask[c]`` and ``c >= m`` and no accepted pick lies within ``m - 1`` of it; each pick
-    is the eligible position of highest priority, ties to the earlier position. Instead of a full ``max`` over (B, L)
-    per pick, the row is cut into blocks of ``_BLOCK`` positions whose maxima are kept up to date: a pick reads the
-    best block (first on ties) and the first maximum inside it, then refreshes only the blocks its window touched.
+        eligible(c) = mask[c] and c >= m and |c - c'| >= m for every accepted c'
+        pick        = the eligible position of highest priority (ties: the earlier position)
 
     Args:
-        priority: ``(B, L)`` float, finite where ``mask``.
-        mask: ``(B, L)`` bool.
-        k: number of picks. m: minimum gap.
+        priority: ``(B, L)`` float, finite where ``mask``. mask: ``(B, L)`` bool. k: number of picks. m: minimum gap.
 
     Returns:
-        cuts ``(B, k)`` long, ok ``(B, k)`` bool (False once a row ran out of eligible positions), and the float
-        scratch buffer used (``(B, >= L)``; its content is garbage), for reuse.
+        cuts ``(B, k)`` long and ok ``(B, k)`` bool (False once a row ran out of eligible positions).
     """
     B, L = priority.shape
-    bs = _BLOCK
-    nb = max(1, -(-L // bs))
-    neg_inf = torch.full((), float("-inf"), dtype=torch.float32, device=priority.device)
-    work = empty_buffer((B, nb * bs), torch.float32, priority.device)
-    work[:, L:] = float("-inf")
-    torch.where(mask, priority, neg_inf, out=work[:, :L])
-    work[:, : min(m, L)] = float("-inf")
-    blocks = work.view(B, nb, bs)
-    bmax = blocks.amax(dim=-1)  # (B, nb)
-    rows = torch.arange(B, device=priority.device)
-    offsets = torch.arange(-(m - 1), m, device=priority.device)  # a pick at c blocks (c - m, c + m)
-    n_touch = min(nb, (2 * m - 2) // bs + 2)  # blocks a window can touch
-    touch = torch.arange(n_touch, device=priority.device)
+    pos = torch.arange(L, device=priority.device)
+    work = torch.where(mask & (pos >= m), priority.float(), float("-inf"))
+    window = torch.arange(-(m - 1), m, device=priority.device)  # a pick at c makes (c - m, c + m) ineligible
     cuts, oks = [], []
     for _ in range(k):
-        best, blk = bmax.max(dim=-1)  # first best block on ties
-        ok = best > float("-inf")
-        idx = blk * bs + blocks[rows, blk].argmax(dim=-1)  # first maximum inside it: the earlier token
-        cuts.append(idx)
-        oks.append(ok)
-        # rows with nothing left are all -inf, so blocking their (arbitrary) window is harmless
-        work.scatter_(1, (idx[:, None] + offsets).clamp_(0, nb * bs - 1), float("-inf"))
-        first = ((idx - (m - 1)).clamp(min=0) // bs)[:, None]
-        bids = (first + touch).clamp_(max=nb - 1)  # (B, n_touch)
-        fresh = blocks[rows[:, None], bids].amax(dim=-1)  # (B, n_touch)
-        bmax.scatter_(1, bids, fresh)
-    return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1), work
+        c = work.argmax(dim=-1)  # argmax returns the first maximum: ties go to the earlier token
+        cuts.append(c)
+        oks.append(work.gather(1, c[:, None]).squeeze(1) > float("-inf"))
+        work.scatter_(1, (c[:, None] + window).clamp(0, L - 1), float("-inf"))
+    return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
+
+
+def _released_spikes(entropy: torch.Tensor, mask: torch.Tensor, k: int, m: int):
+    """The authors' released spike selection, vectorised over rows (ALGORITHMS.md, PRPO step 1, ``released``).
+
+        candidates c_1 < ... < c_k: the k highest-entropy valid positions of [0, L_i) (ties: the earlier position)
+        first pass, i = 1 .. k-1: keep c_i if c_{i+1} - c_i > m, else keep c_j for the first j > i with c_j - c_i > m
+        second pass over the kept positions, last = 0: accept a if a - last >= m, then last = a
+        L_i < k + 1: no cut
+
+    Args:
+        entropy: ``(B, L)`` float, finite where ``mask``. mask: ``(B, L)`` bool. k, m: as in ``segment``.
+
+    Returns:
+        cuts ``(B, k - 1)`` long and ok ``(B, k - 1)`` bool (False: no cut in that slot).
+    """
+    B, L = entropy.shape
+    kk = min(k, L)
+    pos = torch.arange(L, device=entropy.device)
+    lengths = (mask * (pos + 1)).amax(-1)
+    # a stable descending sort puts the earlier of two equal entropies first
+    order = torch.where(mask, entropy.float(), float("-inf")).sort(dim=-1, descending=True, stable=True)
+    top_ok = order.values[:, :kk] > float("-inf")
+    c, by_pos = torch.where(top_ok, order.indices[:, :kk], L + m + 1).sort(dim=-1)  # missing candidates go last
+    c_ok = top_ok.gather(1, by_pos) & (lengths >= k + 1)[:, None]
+    # far[b, i, j]: j > i is a candidate more than m after c_i
+    later = torch.ones(kk, kk, dtype=torch.bool, device=c.device).triu(1)
+    far = later & c_ok[:, None, :] & (c[:, None, :] - c[:, :, None] > m)
+    keep_self = far.diagonal(offset=1, dim1=1, dim2=2)  # c_{i+1} - c_i > m, (B, kk - 1)
+    first_far = c.gather(1, far.int().argmax(-1))[:, : kk - 1]  # c_j of the first such j
+    kept = torch.where(keep_self, c[:, : kk - 1], first_far)
+    kept_ok = c_ok[:, : kk - 1] & far.any(-1)[:, : kk - 1]
+    cuts, oks = [], []
+    last = torch.zeros(B, dtype=torch.long, device=c.device)
+    for a, a_ok in zip(kept.unbind(1), kept_ok.unbind(1)):  # the second pass is sequential in the kept order
+        accept = a_ok & (a - last >= m)
+        last = torch.where(accept, a, last)
+        cuts.append(a)
+        oks.append(accept)
+    if not cuts:
+        empty = torch.zeros(B, 0, dtype=torch.long, device=c.device)
+        return empty, empty.bool()
+    return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
 
 
 def segment(
@@ -161,6 +161,7 @@ def segment(
     entropy: torch.Tensor | None = None,
     k: int = 5,
     m: int = 10,
+    cut_rule: str = "greedy",
     step_len: int = 256,
     seed: int = 0,
     newline_token_mask: torch.Tensor | None = None,
@@ -173,6 +174,7 @@ def segment(
         response_mask: ``(B, L)`` 0/1 (int, bool or float).
         entropy: ``(B, L)`` rollout-policy entropy; required by ``entropy`` (finite on valid positions).
         k: maximum number of cuts (``entropy``, ``uniform``, ``random``). m: minimum gap (``entropy``, ``random``).
+        cut_rule: ``greedy`` (default, the method) or ``released`` (the authors' code); ``entropy`` only.
         step_len: segment length of ``fixed``. seed: seed of ``random``.
         newline_token_mask: ``(V,)`` bool, True for ids whose text contains ``"\\n\\n"``; ``newline`` only.
         responses: ``(B, L)`` token ids; ``newline`` only.
@@ -182,19 +184,21 @@ def segment(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown segmentation strategy {strategy!r}; expected one of {list(STRATEGIES)}")
+    if cut_rule not in CUT_RULES:
+        raise ValueError(f"unknown cut_rule {cut_rule!r}; expected one of {list(CUT_RULES)}")
+    if cut_rule != "greedy" and strategy != "entropy":
+        raise ValueError(f"cut_rule={cut_rule!r} applies to the entropy strategy only, got strategy {strategy!r}")
     if response_mask.dim() != 2:
         raise ValueError(f"response_mask must be (B, L), got shape {tuple(response_mask.shape)}")
     mask = valid_mask(response_mask)
     B, L = mask.shape
     device = mask.device
-    if L == 0:  # nothing to cut (entropy etc. are still validated below for L > 0 only)
-        return Segmentation(
-            segment_ids=torch.empty(B, 0, dtype=torch.long, device=device),
-            starts=torch.empty(B, 0, dtype=torch.bool, device=device),
-            num_segments=torch.zeros(B, dtype=torch.long, device=device),
-        )
-    # amax over the bytes of the bool mask: a vectorised any()
-    nonempty = mask.view(torch.uint8).amax(dim=-1) > 0
+    if L == 0:  # nothing to cut
+        return Segmentation(segment_ids=torch.empty(B, 0, dtype=torch.long, device=device),
+                            starts=torch.empty(B, 0, dtype=torch.bool, device=device),
+                            num_segments=torch.zeros(B, dtype=torch.long, device=device))
+    lengths = response_lengths(mask)
+    pos = torch.arange(L, device=device)
 
     if strategy in ("entropy", "random"):
         if int(k) < 1 or int(m) < 1:
@@ -212,32 +216,23 @@ def segment(
         else:
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             priority = torch.rand(B, L, generator=gen).to(device)
-        # eligible: valid token (so c < L_i) at position >= m
-        cuts, ok, work = _greedy_spikes(priority, mask, int(k), int(m))
-        starts_f = work[:, :L]  # reuse the scratch buffer: one (B, L) float allocation less
-        starts, num = _cuts_into(starts_f, cuts, ok, nonempty)
-        return _ids_from_start_map(starts_f, mask, num, starts)
-    maskf = mask.float()
-    lengths = _lengths_f(maskf).long()
+        spikes = _released_spikes if cut_rule == "released" else _greedy_spikes
+        cuts, ok = spikes(priority, mask, int(k), int(m))
+        return _from_starts(_starts_from_cuts(cuts, ok, mask), mask)
     if strategy == "uniform":
         if int(k) < 1:
             raise ValueError(f"uniform segmentation needs k >= 1, got k={k}")
         j = torch.arange(1, int(k) + 1, device=device)
-        cuts = torch.div(j[None, :] * lengths[:, None], int(k) + 1, rounding_mode="floor")
+        cuts = j[None, :] * lengths[:, None] // (int(k) + 1)  # floor(j * L_i / (k + 1))
         ok = (cuts >= 1) & (cuts < lengths[:, None])
-        starts_f = empty_buffer((B, L), torch.float32, device)
-        starts, num = _cuts_into(starts_f, cuts, ok, nonempty)
-        return _ids_from_start_map(starts_f, mask, num, starts)
+        return _from_starts(_starts_from_cuts(cuts, ok, mask), mask)
     if strategy == "fixed":
         s = int(step_len)
         if s < 1:
             raise ValueError(f"fixed segmentation needs step_len >= 1, got {step_len}")
-        pos = torch.arange(L, device=device)
-        # no cumsum needed: the id of position t is t // step_len
-        seg = torch.div(pos, s, rounding_mode="floor").float().mul(maskf).add_(maskf).sub_(1.0).long()
-        starts = ((pos % s) == 0)[None, :] & (pos[None, :] < lengths[:, None])
-        num = torch.div(lengths + s - 1, s, rounding_mode="floor")
-        return Segmentation(segment_ids=seg, starts=starts, num_segments=num)
+        starts = (pos % s == 0)[None, :] & (pos[None, :] < lengths[:, None])
+        seg = torch.where(mask, pos // s, -1)  # the id of position t is t // step_len
+        return Segmentation(segment_ids=seg, starts=starts, num_segments=starts.sum(dim=-1))
     # newline
     if newline_token_mask is None or responses is None:
         raise ValueError(
@@ -246,18 +241,14 @@ def segment(
         )
     if responses.shape != mask.shape:
         raise ValueError(f"responses has shape {tuple(responses.shape)}, response_mask {tuple(mask.shape)}")
-    table = newline_token_mask.to(device=device, dtype=torch.float32).reshape(-1)
-    if table.numel() == 0:
-        table = torch.zeros(1, device=device)
+    table = newline_token_mask.to(device=device, dtype=torch.bool).reshape(-1)
     ids = responses.to(device).long()
     in_vocab = (ids >= 0) & (ids < table.numel())
-    is_nl = table[ids.clamp(0, table.numel() - 1)] * in_vocab * maskf
-    starts_f = torch.zeros(B, L, dtype=torch.float32, device=device)
-    starts_f[:, 1:] = is_nl[:, :-1]  # the token after a blank line starts the next step
-    starts_f[:, 0] = (lengths > 0).float()
-    pos = torch.arange(L, device=device)
-    starts_f *= pos[None, :] < lengths[:, None]  # no start at or past L_i
-    return _ids_from_start_map(starts_f, mask, starts_f.sum(dim=-1).long())
+    is_nl = table[ids.clamp(0, max(table.numel() - 1, 0))] & in_vocab & mask if table.numel() else torch.zeros_like(mask)
+    starts = torch.zeros_like(mask)
+    starts[:, 1:] = is_nl[:, :-1]  # the token after a blank line starts the next step
+    starts[:, 0] = lengths > 0
+    return _from_starts(starts & (pos[None, :] < lengths[:, None]), mask)
 
 
 def segmentation_from_ids(segment_ids: torch.Tensor, response_mask: torch.Tensor) -> Segmentation:
@@ -285,43 +276,28 @@ def _forward_fill(x: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
-    """Give every token the score of its segment.
+    """Give every token the score of its segment: ``out_{i,t} = scores_{i, segment_ids_{i,t}}``, 0 where the id is -1.
 
     Args:
         scores: ``(B, S_max)`` float, score of segment s of response i (entries past S_i are ignored).
         segment_ids: ``(B, L)`` long, -1 outside the mask.
 
     Returns:
-        ``(B, L)`` float: ``scores[i, segment_ids[i, t]]``, 0 where ``segment_ids`` is -1.
+        ``(B, L)`` float, the dtype of ``scores``.
     """
     if scores.dim() != 2 or segment_ids.dim() != 2 or scores.shape[0] != segment_ids.shape[0]:
         raise ValueError(
             f"scores must be (B, S_max) and segment_ids (B, L) with the same B, got {tuple(scores.shape)} and "
             f"{tuple(segment_ids.shape)}"
         )
-    seg = segment_ids.to(scores.device)
-    B, S = scores.shape
-    L = seg.shape[1]
+    seg = segment_ids.to(scores.device).long()
+    S = scores.shape[1]
     if seg.numel():
-        lo, hi = torch.aminmax(seg)
-        if int(hi) >= S or int(lo) < -1:
-            raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{int(lo)}, {int(hi)}]")
-    out = empty_buffer((B, L), scores.dtype, scores.device)
-    if out.numel() == 0:
-        return out
-    # column 0 of each row holds the 0 of the tokens outside the mask, so the flat index is row * (S + 1) + id + 1:
-    # no validity pass. The int32 index is built a block of rows at a time in a small reused buffer (a full (B, L)
-    # index would cost a fresh allocation and its page faults, more than the gather itself).
-    padded = torch.cat([scores.new_zeros(B, 1), scores], dim=1).reshape(-1)
-    offsets = torch.arange(1, B * (S + 1) + 1, S + 1, dtype=torch.int32, device=seg.device)[:, None]
-    rows = max(1, min(B, (4 << 20) // (4 * L)))
-    idx = torch.empty(rows, L, dtype=torch.int32, device=seg.device)
-    for start in range(0, B, rows):
-        stop = min(B, start + rows)
-        part = idx[: stop - start]
-        part.copy_(seg[start:stop]).add_(offsets[start:stop])
-        torch.index_select(padded, 0, part.view(-1), out=out[start:stop].view(-1))
-    return out
+        lo, hi = int(seg.min()), int(seg.max())
+        if hi >= S or lo < -1:
+            raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{lo}, {hi}]")
+    padded = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], dim=1)  # column 0: the 0 of id -1
+    return padded.gather(1, seg + 1)
 
 
 def build_newline_token_mask(tokenizer: Any, vocab_size: int | None = None) -> torch.Tensor:

@@ -35,9 +35,9 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TRAINER_MODE = "prpo_sync"
 #: estimators whose inputs only ``prpo_sync`` provides
-PROCESS_ESTIMATORS = ("prpo", "prl", "spro", "prm_avg")
+PROCESS_ESTIMATORS = ("prpo", "prl", "spro", "prm_avg", "pure")
 #: estimators that read PRM scores
-PRM_ESTIMATORS = ("prpo", "prm_avg")
+PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
 #: estimators that read the reference policy's log-probs
 REF_ESTIMATORS = ("prl", "spro")
 #: TransferQueue field under which a caller may supply per-token PRM scores (used when ``prm.enable`` is false)
@@ -57,7 +57,7 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
     typed: dict[str, Any] = {"estimator": None, "prm": PRMConfig.from_config(config.get("prm"))}
     if name in ("prpo", "prm_avg"):
         typed["estimator"] = from_algorithm_config(config.algorithm, "prpo")
-    elif name in ("prl", "spro"):
+    elif name in ("prl", "spro", "pure"):
         typed["estimator"] = from_algorithm_config(config.algorithm, name)
     rc_cfg = config.algorithm.get("rollout_correction", None)
     if name in PRM_ESTIMATORS and typed["estimator"].segmentation == "entropy" and rc_cfg is not None \
@@ -384,7 +384,7 @@ class PRPOTrainerSync(PPOTrainerSync):
             return kwargs
 
         seg = self._segment(b, mask, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
-                            step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps))
+                            step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps), cut_rule=cfg.cut_rule)
         kwargs["segment_ids"] = seg.segment_ids
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
