@@ -181,6 +181,7 @@ def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_eve
                              prompts_per_step=prompts_per_step, n=n, lr=lr, updates_per_step=updates_per_step,
                              metrics_file=metrics_file, extra=extra)
     log(f"[{method} s{seed}] training {steps} steps ...")
+    commit = _commit()  # the code the run trains with
     t0 = time.time()
     with open(work / "train.log", "w") as fh:
         rc = subprocess.call(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=work)
@@ -199,7 +200,7 @@ def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_eve
               ("critic/score/mean", "response_length/mean", "actor/entropy", "timing_s/step")}}
              for r in read_metrics(metrics_file)]
     result = {"method": method, "seed": seed, "steps": steps, "wall_s": wall, "eval_s": time.time() - t1,
-              "commit": _commit(),
+              "commit": commit,
               "estimator": METHODS[method][0], "overrides": METHODS[method][1], "eval": evals, "train": train}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1))
