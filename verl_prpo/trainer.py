@@ -378,14 +378,16 @@ class PRPOTrainerSync(PPOTrainerSync):
         mask = b["response_mask"] if segment_mask is None else segment_mask
 
         if self.adv_name == "prl":
-            kwargs["segment_ids"] = self._segment(b, mask, cfg.segmentation, step_len=cfg.step_len).segment_ids
+            seg_ids = self._segment(b, mask, cfg.segmentation, step_len=cfg.step_len).segment_ids
+            kwargs["segment_ids"] = seg_ids.masked_fill(~b["response_mask"].bool(), -1)
             return kwargs
         if self.adv_name not in PRM_ESTIMATORS:
             return kwargs
 
         seg = self._segment(b, mask, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
                             step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps), cut_rule=cfg.cut_rule)
-        kwargs["segment_ids"] = seg.segment_ids
+        # the estimator sees the corrected mask: tokens that rollout correction rejected get segment id -1 there
+        kwargs["segment_ids"] = seg.segment_ids.masked_fill(~b["response_mask"].bool(), -1)
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
             # "correct" = positive outcome reward, for the PRM/outcome agreement metric
