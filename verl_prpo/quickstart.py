@@ -87,17 +87,9 @@ def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_
     ]
     if estimator in ("prpo", "prm_avg", "pure"):
         overrides += ["prm.enable=true", f"prm.model_path={a.prm_dir}", "prm.adapter=token_classification"]
-    env = dict(os.environ)
-    env["VERL_PLATFORM"] = "cpu"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("RAY_DEDUP_LOGS", "1")
-    env.setdefault("PYTHONWARNINGS", "ignore::UserWarning:verl.workers.engine")  # optional engines missing
-    if metrics_file is not None:
-        # verl's "file" logger writes one JSON line per step to VERL_FILE_LOGGER_PATH (read in the TaskRunner)
-        metrics_file = str(Path(metrics_file).resolve())
-        overrides += ["trainer.logger=[console,file]",
-                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
-        env["VERL_FILE_LOGGER_PATH"] = metrics_file
+    from verl_prpo.testbed.grid import cpu_mode_env
+
+    env = cpu_mode_env(overrides, metrics_file)
     if estimator == "prl":
         overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
     extra = list(extra or [])

@@ -104,18 +104,9 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
     ]
     if estimator in PRM_ESTIMATORS:
         overrides += ["prm.enable=true", f"prm.model_path={tb.prm_dir}", "prm.adapter=token_classification"]
-    env = dict(os.environ)
-    env["VERL_PLATFORM"] = "cpu"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("RAY_DEDUP_LOGS", "1")
-    env.setdefault("PYTHONWARNINGS", "ignore::UserWarning:verl.workers.engine")  # optional engines missing
+    env = cpu_mode_env(overrides, metrics_file)
     # Ray starts its workers at nice 15; on a shared 2-core machine that starves the run behind any other process
     env.setdefault("RAY_worker_niceness", "0")
-    if metrics_file is not None:
-        metrics_file = Path(metrics_file).resolve()
-        overrides += ["trainer.logger=[console,file]",
-                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
-        env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
     overrides += method_overrides
     extra = list(extra or [])
     keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
@@ -123,6 +114,23 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
     cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
            *overrides]
     return cmd, env
+
+
+def cpu_mode_env(overrides: list[str], metrics_file: Path | str | None) -> dict[str, str]:
+    """The environment of a CPU-mode ``main_ppo`` run; with ``metrics_file`` also verl's JSON-lines file logger
+    (appended to ``overrides``: verl's "file" logger writes one line per step to VERL_FILE_LOGGER_PATH, read in the
+    TaskRunner, hence also in Ray's runtime env)."""
+    env = dict(os.environ)
+    env["VERL_PLATFORM"] = "cpu"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("RAY_DEDUP_LOGS", "1")
+    env.setdefault("PYTHONWARNINGS", "ignore::UserWarning:verl.workers.engine")  # optional engines missing
+    if metrics_file is not None:
+        metrics_file = Path(metrics_file).resolve()
+        overrides += ["trainer.logger=[console,file]",
+                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
+        env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
+    return env
 
 
 def read_metrics(path: Path) -> list[dict]:
