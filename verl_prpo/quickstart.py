@@ -21,9 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-# the quickstart is CPU mode by definition; set before verl is imported so this process resolves the cpu platform too
-os.environ.setdefault("VERL_PLATFORM", "cpu")
-
 ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg", "pure")
 VAL_SAMPLES = 2  # held-out samples per problem in verl's validation
 
@@ -148,6 +145,9 @@ def plot_summary(summary: dict, path: Path, title: str) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the quickstart is CPU mode by definition. Set here, not at import: importing build_command (tests, scripts)
+    # must not switch the importing process to the cpu platform
+    os.environ.setdefault("VERL_PLATFORM", "cpu")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:

@@ -224,6 +224,9 @@ def check_registered() -> None:
     each name. Meant for the trainer process, where those modules are loaded anyway.
     """
     register_all()
+    if _cpu_mode() and "verl.workers.engine" in sys.modules and "verl.workers.engine" not in _finder.pending():
+        # VERL_PLATFORM=cpu was set after verl's engine module was imported (its hook saw no CPU mode): register now
+        _run("cpu engines", _register_cpu_engines)
     for module, _, _ in HOOKS:
         if module == "verl.workers.engine" and not _cpu_mode():
             continue

@@ -1,0 +1,28 @@
+"""Shared test guards."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# environment variables that change how verl and the plugin behave in the test process itself
+_PROCESS_WIDE = ("VERL_PLATFORM", "VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_MODULES")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_wide_env_leak(request):
+    """Fail the test that changes a process-wide verl variable and leaves it changed (monkeypatch restores first).
+
+    A leaked ``VERL_PLATFORM=cpu`` once made every later test in the same pytest process fail at trainer start.
+    """
+    before = {k: os.environ.get(k) for k in _PROCESS_WIDE}
+    yield
+    after = {k: os.environ.get(k) for k in _PROCESS_WIDE}
+    leaked = {k: (before[k], after[k]) for k in _PROCESS_WIDE if before[k] != after[k]}
+    for k, (old, _) in leaked.items():  # restore, so one leak does not cascade into unrelated failures
+        if old is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = old
+    assert not leaked, f"{request.node.nodeid} changed process-wide environment variables (before, after): {leaked}"
