@@ -201,3 +201,27 @@ def test_sync_dapo_exact_refill_is_unchanged(composed, tmp_path, monkeypatch):
     got_prpo = _derived(_build(composed, "prpo_sync", "grpo", **over), tmp_path / "p", monkeypatch)
     assert got_sync["data.gen_batch_size"] == 1
     assert got_prpo == got_sync
+
+
+def test_poll_interval_default_is_verls_and_the_option_sets_it(composed):
+    """``trainer.v1.sampler.poll_interval``: null keeps verl's 2 s; a value reaches the replay buffer."""
+    stock = _build(composed, "sync", "grpo").replay_buffer.poll_interval
+    assert stock == 2.0  # verl 0.9.1's hard-coded default
+    assert _build(composed, "prpo_sync", "grpo").replay_buffer.poll_interval == stock
+    fast = _build(composed, "prpo_sync", "grpo", **{"trainer.v1.sampler.poll_interval": 0.1})
+    assert fast.replay_buffer.poll_interval == 0.1
+
+
+def test_cpu_mode_config_polls_fast():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="prpo_trainer_cpu")
+    assert cfg.trainer.v1.sampler.poll_interval == 0.1
+    assert trainer_mod.replay_buffer_poll_interval(cfg) == 0.1
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "soon", float("nan")])
+def test_bad_poll_interval_fails_in_the_constructor(composed, bad):
+    with pytest.raises(ValueError, match=r"trainer\.v1\.sampler\.poll_interval"):
+        _build(composed, "prpo_sync", "grpo", **{"trainer.v1.sampler.poll_interval": bad})

@@ -102,7 +102,7 @@ def test_prm_scores_follow_step_labels_on_the_policys_own_samples(testbed):
 def test_grid_smoke_run_writes_the_results_file(testbed, tmp_path):
     out = tmp_path / "grid"
     cmd = [sys.executable, "-m", "verl_prpo.testbed.grid", "--methods", "prpo", "--seeds", "0", "--steps", "2",
-           "--eval-every", "1", "--k", "1", "--out", str(out), "--testbed", str(testbed.root)]
+           "--eval-every", "1", "--k", "1", "--prompts-per-step", "4", "--n", "4", "--out", str(out), "--testbed", str(testbed.root)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.with_suffix(".json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -89,3 +90,30 @@ def test_prpo_reward_manager_grade_agrees_with_the_task(text, expected):
 
     assert (1.0 if grade(text, "32").correct else -1.0) == expected
     assert task.is_correct(P, text) == (expected > 0)
+
+
+def _run_file(out, method, seed, budget):
+    ev = [{"step": 0, "greedy_accuracy": 0.5, "sampled_accuracy": 0.3, "pass_at_k": 0.6, "response_length": 30.0,
+           "entropy": 0.1}]
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "runs" / f"{method}_s{seed}.json").write_text(json.dumps(
+        {"method": method, "seed": seed, "steps": 0, "wall_s": 1.0, "eval": ev, "budget": budget}))
+
+
+class _FakeTestbed:
+    manifest = {"task": {"name": "t"}, "policy": {"params": 1, "sft_accuracy": 0.3, "sft_greedy_accuracy": 0.8},
+                "prm": {"params": 1, "step_accuracy": 0.9, "step_auc": 0.9, "eval_steps": 10}}
+
+
+def test_aggregate_records_the_runs_budget_and_refuses_to_mix_budgets(tmp_path):
+    from verl_prpo.testbed.grid import aggregate
+
+    out = tmp_path / "grid"
+    b = {"steps": 20, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2, "k": 4}
+    _run_file(out, "grpo", 0, b)
+    _run_file(out, "prpo", 0, b)
+    res = aggregate(out, _FakeTestbed(), k=4)
+    assert res["task"]["budget"] == b and len(res["runs"]) == 2
+    _run_file(out, "prl", 0, {**b, "n": 8})
+    with pytest.raises(ValueError, match="different budgets"):
+        aggregate(out, _FakeTestbed(), k=4)

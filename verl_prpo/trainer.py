@@ -74,7 +74,26 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
                 f"scores to the batch field '{PRM_SCORES_KEY}'.")
         logger.warning("algorithm.adv_estimator=%s reads PRM scores from the batch field '%s' (prm.scores_from_batch)",
                        name, PRM_SCORES_KEY)
+    typed["poll_interval"] = replay_buffer_poll_interval(config)
     return typed
+
+
+def replay_buffer_poll_interval(config: DictConfig) -> float | None:
+    """``trainer.v1.sampler.poll_interval``: seconds between the replay buffer's checks for finished rollouts.
+
+    verl 0.9.1 hard-codes 2 s, so every step's generation phase lasts a multiple of 2 s. That is noise on a GPU
+    step of minutes but doubles a CPU-mode step whose generation takes a second. null keeps verl's value.
+    """
+    value = config.trainer.v1.get("sampler", {}).get("poll_interval", None)
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"trainer.v1.sampler.poll_interval must be a number of seconds > 0 or null, got {value!r}")
+    if not value > 0 or value != value:
+        raise ValueError(f"trainer.v1.sampler.poll_interval must be a number of seconds > 0 or null, got {value!r}")
+    return value
 
 
 #: name of the PRM's own resource pool (``prm.placement=own_pool``) in verl's resource pool spec
@@ -266,6 +285,12 @@ class PRPOTrainerSync(PPOTrainerSync):
                 prm_pool=self.resource_pool_manager.resource_pool_dict.get(PRM_POOL),
                 prior_mean=self.plugin_config["estimator"].mu)
             logger.info("PRM worker group ready (%s)", self.plugin_config["prm"].placement)
+
+    def _build_replay_buffer(self):
+        replay_buffer = super()._build_replay_buffer()
+        if self.plugin_config["poll_interval"] is not None:
+            replay_buffer.poll_interval = self.plugin_config["poll_interval"]
+        return replay_buffer
 
     def _uses_prm(self) -> bool:
         return self.adv_name in PRM_ESTIMATORS and self.plugin_config["prm"].enable

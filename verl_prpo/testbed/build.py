@@ -133,6 +133,28 @@ def _lr_at(step: int, total: int, lr: float) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+def _fit(model, next_loss, *, steps: int, lr: float, name: str, log_every: int) -> None:
+    """The training loop of the SFT policy and of the PRM: AdamW (weight decay 0.01, betas 0.9/0.98), linear
+    warm-up then cosine decay (``_lr_at``), gradient norm clipped at 1. ``next_loss()`` builds a fresh batch and
+    returns its loss."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr)
+        loss = next_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            logger.info("%s step %d/%d loss %.4f (%.0f s)", name, step + 1, steps, loss.item(), time.time() - t0)
+    model.eval()
+
+
 def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -151,10 +173,8 @@ def train_policy(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str]
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed + 11)
     model = Qwen2ForCausalLM(_qwen2_config(tokenizer, s.policy_hidden, s.policy_layers))
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    model.train()
-    t0 = time.time()
-    for step in range(s.sft_steps):
+
+    def sft_loss():
         seqs, starts = [], []
         while len(seqs) < s.batch_size:
             p = task.sample_problem(rng)
@@ -172,16 +192,10 @@ def train_policy(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str]
             ids[i, : len(x)] = torch.tensor(x)
             labels[i, st: len(x)] = torch.tensor(x[st:])
             att[i, : len(x)] = 1
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, s.sft_steps, s.lr)
-        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % log_every == 0 or step == s.sft_steps - 1:
-            logger.info("policy SFT step %d/%d loss %.4f (%.0f s)", step + 1, s.sft_steps, loss.item(), time.time() - t0)
-    model.eval()
+        return model(input_ids=ids, attention_mask=att, labels=labels).loss
+
+    t0 = time.time()
+    _fit(model, sft_loss, steps=s.sft_steps, lr=s.lr, name="policy SFT", log_every=log_every)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(out_dir)
@@ -269,22 +283,14 @@ def train_prm(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], e
     model.config.step_separator = STEP_TAG
     adapter = TokenClassificationPRMAdapter(model, tokenizer, step_separator=STEP_TAG, max_length=512,
                                             max_tokens_per_batch=512)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.prm_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    t0 = time.time()
-    model.train()
-    for step in range(s.prm_steps):
+
+    def prm_loss():
         ids, att, labels = _prm_batch(adapter, rng, s, exclude, s.batch_size)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, s.prm_steps, s.prm_lr)
         logits = model(input_ids=ids, attention_mask=att).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % log_every == 0 or step == s.prm_steps - 1:
-            logger.info("PRM step %d/%d loss %.4f (%.0f s)", step + 1, s.prm_steps, loss.item(), time.time() - t0)
-    model.eval()
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), ignore_index=-100)
+
+    t0 = time.time()
+    _fit(model, prm_loss, steps=s.prm_steps, lr=s.prm_lr, name="PRM", log_every=log_every)
     wall = time.time() - t0
     # held-out: solutions (noisy and corrupted) of the eval problems, scored through the adapter itself
     erng = random.Random(s.seed + 33)

@@ -46,8 +46,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
 PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
 
 #: the budget every method gets (sized so that GRPO learns; see the README)
-DEFAULTS = {"steps": 20, "eval_every": 10, "prompts_per_step": 8, "n": 8, "lr": 5e-5, "updates_per_step": 2,
+DEFAULTS = {"steps": 20, "eval_every": 10, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2,
             "k": 4}
+#: the settings that make two runs comparable (recorded in every run file; aggregate refuses to mix them)
+BUDGET_KEYS = ("steps", "prompts_per_step", "n", "lr", "updates_per_step", "k")
 DEFAULT_OUT = Path("benchmarks/results/credit_assignment")
 
 
@@ -207,8 +209,10 @@ def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_eve
     train = [{"step": r["step"], **{key: r["data"].get(key) for key in
               ("critic/score/mean", "response_length/mean", "actor/entropy", "timing_s/step")}}
              for r in read_metrics(metrics_file)]
+    budget = {"steps": steps, "prompts_per_step": prompts_per_step, "n": n, "lr": lr,
+              "updates_per_step": updates_per_step, "k": k}
     result = {"method": method, "seed": seed, "steps": steps, "wall_s": wall, "eval_s": time.time() - t1,
-              "commit": commit,
+              "commit": commit, "budget": budget,
               "estimator": METHODS[method][0], "overrides": METHODS[method][1], "eval": evals, "train": train}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1))
@@ -308,9 +312,13 @@ def plot(runs: list[dict], path: Path) -> Path | None:
 def aggregate(out_root: Path, tb, k: int) -> dict:
     out_root = Path(out_root)
     runs = [json.loads(p.read_text()) for p in sorted((out_root / "runs").glob("*.json"))]
+    budgets = {json.dumps(r.get("budget"), sort_keys=True) for r in runs}
+    if len(budgets) > 1:
+        raise ValueError(f"{out_root / 'runs'} mixes runs with different budgets {sorted(budgets)}: a table must "
+                         "compare methods under one budget (move the others to their own --out)")
     m = tb.manifest
     results = {
-        "task": {**m.get("task", {}), "budget": {key: v for key, v in DEFAULTS.items()}},
+        "task": {**m.get("task", {}), "budget": runs[0].get("budget") if runs else None},
         "policy": {"params": m["policy"]["params"], "sft_accuracy": m["policy"]["sft_accuracy"],
                    "sft_greedy_accuracy": m["policy"]["sft_greedy_accuracy"]},
         "prm": {key: m["prm"][key] for key in ("params", "step_accuracy", "step_auc", "eval_steps")},
