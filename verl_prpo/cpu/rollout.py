@@ -32,6 +32,10 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 logger = logging.getLogger(__name__)
 
 SERVER_NAME_PREFIX = "verl_prpo_hf_rollout_server_"
+#: a batch is cut once the request queue has not grown for this long (seconds) ...
+BATCH_SETTLE_S = 0.03
+#: ... or after this long at most
+BATCH_WAIT_MAX_S = 1.0
 #: bytes per weight bucket sent from the actor to the server
 WEIGHT_BUCKET_BYTES = 256 << 20
 
@@ -141,11 +145,22 @@ class HFRolloutServer:
             self._wakeup = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
 
+    async def _settle(self) -> None:
+        """Let concurrent callers enqueue before the batch is cut: wait until the queue has stopped growing for
+        ``BATCH_SETTLE_S`` (at most ``BATCH_WAIT_MAX_S``). verl's agent loop sends a step's requests one Ray call
+        at a time; cutting after a fixed 10 ms made a first batch of a few requests and a second of the rest, and
+        one ``generate`` costs about the same for 5 rows as for 256 (measured: 2 ms between arrivals, 256 requests:
+        2 batches, 19 s; all at once: 1 batch, 6.8 s)."""
+        waited, seen = 0.0, -1
+        while len(self._queue) != seen and waited < BATCH_WAIT_MAX_S:
+            seen = len(self._queue)
+            await asyncio.sleep(BATCH_SETTLE_S)
+            waited += BATCH_SETTLE_S
+
     async def _batch_loop(self) -> None:
         while True:
             await self._wakeup.wait()
-            # let concurrent callers enqueue before the batch is cut
-            await asyncio.sleep(0.01)
+            await self._settle()
             self._wakeup.clear()
             while self._queue and not self._paused:
                 key = self._queue[0].sampling_key()
