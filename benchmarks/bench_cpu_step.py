@@ -130,6 +130,9 @@ def main(argv=None) -> dict:
     p.add_argument("--ratio", type=float, default=4.7, help="PRM parameters / policy parameters")
     p.add_argument("--out", default="/tmp/verl_prpo_bench_cpu_step")
     p.add_argument("--estimators", default="grpo,prpo")
+    p.add_argument("--concurrent", action="store_true",
+                   help="run the estimators at the same time, so that on a shared machine both see the same load "
+                        "(each then gets about half of an idle machine: the ratio, not the seconds, is the figure)")
     args = p.parse_args(argv)
     os.environ.setdefault("VERL_PLATFORM", "cpu")
 
@@ -147,8 +150,16 @@ def main(argv=None) -> dict:
           f"({prm_params / policy_params:.2f}x)", flush=True)
 
     results = {}
-    for est in args.estimators.split(","):
-        records, wall = run(est, assets, root / est, args.steps, [])
+    estimators = args.estimators.split(",")
+    if args.concurrent:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(estimators)) as pool:
+            futures = {est: pool.submit(run, est, assets, root / est, args.steps, []) for est in estimators}
+            finished = {est: f.result() for est, f in futures.items()}
+    else:
+        finished = {est: run(est, assets, root / est, args.steps, []) for est in estimators}
+    for est, (records, wall) in finished.items():
         steady = records[1:] if len(records) > 1 else records
         results[est] = {"records": steady, "wall": wall}
         print(f"{est}: {len(records)} steps, run wall {wall:.0f} s, median step "
