@@ -84,7 +84,9 @@ def replay_buffer_poll_interval(config: DictConfig) -> float | None:
     verl 0.9.1 hard-codes 2 s, so every step's generation phase lasts a multiple of 2 s. That is noise on a GPU
     step of minutes but doubles a CPU-mode step whose generation takes a second. null keeps verl's value.
     """
-    value = config.trainer.v1.get("sampler", {}).get("poll_interval", None)
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(config, "trainer.v1.sampler.poll_interval", default=None)
     if value is None:
         return None
     try:
