@@ -10,10 +10,11 @@ as its steps). Every plugin estimator is called with a ``metrics`` dict, as ``pr
 
 PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for every allocation) changes the cost of first touching
 fresh (B, L) buffers on CPU; the header says whether it was set. On a machine shared with other jobs, use
-``--threads 1``: with more threads than free cores every parallel kernel waits for its slowest thread.
+``--threads 1``: with more threads than free cores every parallel kernel waits for its slowest thread; add
+``--cpu-time`` when other jobs hold the cores (wall time then mostly measures the wait for a core).
 
     python benchmarks/bench_advantages.py [--batch 1024] [--length 4096] [--group 8] [--repeats 7] [--threads N]
-                                          [--no-metrics]
+                                          [--no-metrics] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -96,16 +97,16 @@ def run_grpo(b: dict) -> torch.Tensor:
     return core_algos.compute_grpo_outcome_advantage(b["token_level_rewards"], b["response_mask"], b["index"])[0]
 
 
-def measure(runs: dict, b: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times in ms. Rounds interleave every estimator (grpo first in each round) so that a change of machine
-    load hits all of them alike; one warm-up round is discarded."""
+def measure(runs: dict, b: dict, repeats: int, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Times in ms (``clock``: wall, or this thread's CPU time). Rounds interleave every estimator (grpo first in
+    each round) so that a change of machine load hits all of them alike; one warm-up round is discarded."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(repeats + 1):
         for name, fn in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn(b)
             if r:
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                times[name].append((clock() - t0) * 1e3)
     return times
 
 
@@ -117,6 +118,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-metrics", action="store_true", help="call the estimators without a metrics dict")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time this thread's CPU seconds instead of wall time (with --threads 1: for a loaded machine)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,10 +130,11 @@ def main() -> None:
     b["segment_ids"] = seg.segment_ids
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
             "pure": run_pure}
-    times = measure(runs, b, args.repeats)
+    times = measure(runs, b, args.repeats, time.thread_time if args.cpu_time else time.perf_counter)
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     print(f"batch {args.batch} x {args.length}, group {args.group}, CPU, {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved rounds, metrics {'off' if args.no_metrics else 'on'}, "
+          f"{args.repeats} interleaved rounds, {'thread CPU' if args.cpu_time else 'wall'} time, "
+          f"metrics {'off' if args.no_metrics else 'on'}, "
           f"THP_MEM_ALLOC_ENABLE={thp}\n")
     print("| estimator | median ms | ratio of medians to grpo | median of per-round ratios |")
     print("|---|---:|---:|---:|")

@@ -30,7 +30,7 @@ __all__ = [
 
 def valid_mask(response_mask: torch.Tensor) -> torch.Tensor:
     """The response mask (int, bool or float 0/1) as a bool tensor of the same shape."""
-    return response_mask if response_mask.dtype == torch.bool else response_mask != 0
+    return response_mask if response_mask.dtype == torch.bool else response_mask.bool()  # nonzero -> True
 
 
 def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
