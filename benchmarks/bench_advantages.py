@@ -3,14 +3,18 @@
 Batch: 1024 responses x 4096 tokens, groups of 8 (uids shuffled over the batch), random lengths in [1, 4096].
 Each row of the table is the median wall time over ``--repeats`` interleaved rounds (after one warm-up) and its
 ratio to ``grpo`` (``core_algos.compute_grpo_outcome_advantage``). ``prpo`` includes the entropy segmentation and the
-broadcast of per-segment PRM scores to tokens; ``prl`` includes its fixed segmentation; ``prm_avg``, ``spro`` and
-``pure`` are the estimators alone (``pure`` reads the entropy segments as its steps).
+broadcast of per-segment PRM scores to tokens (the stand-in for the PRM's map back to tokens); ``prl`` includes its
+fixed segmentation; ``prm_avg``, ``spro`` and ``pure`` are the estimators alone (``pure`` reads the entropy segments
+as its steps). Every plugin estimator is called with a ``metrics`` dict, as ``prpo_sync`` calls it in a training step
+(``--no-metrics``: the advantages alone); verl's ``grpo`` computes no metrics of its own.
 
 PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for every allocation) changes the cost of first touching
 fresh (B, L) buffers on CPU; the header says whether it was set. On a machine shared with other jobs, use
-``--threads 1``: with more threads than free cores every parallel kernel waits for its slowest thread.
+``--threads 1``: with more threads than free cores every parallel kernel waits for its slowest thread; add
+``--cpu-time`` when other jobs hold the cores (wall time then mostly measures the wait for a core).
 
     python benchmarks/bench_advantages.py [--batch 1024] [--length 4096] [--group 8] [--repeats 7] [--threads N]
+                                          [--no-metrics] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -47,11 +51,16 @@ def make_batch(batch: int, length: int, group: int, seed: int = 0) -> dict:
     }
 
 
+def _metrics(b: dict) -> dict | None:
+    return {} if b["with_metrics"] else None  # prpo_sync always passes a dict
+
+
 def run_prpo(b: dict) -> torch.Tensor:
     seg = segment("entropy", b["response_mask"], entropy=b["entropy"], k=5, m=10)
     prm = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
     adv, _ = E.compute_prpo_advantage(
-        b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=prm, segment_ids=seg.segment_ids
+        b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=prm, segment_ids=seg.segment_ids,
+        metrics=_metrics(b),
     )
     return adv
 
@@ -59,28 +68,28 @@ def run_prpo(b: dict) -> torch.Tensor:
 def run_prm_avg(b: dict) -> torch.Tensor:
     # the estimator alone: per-token PRM scores as the trainer hands them over (built once, outside the timing)
     return E.compute_prm_avg_advantage(
-        b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=b["prm_scores"]
+        b["token_level_rewards"], b["response_mask"], b["index"], None, prm_scores=b["prm_scores"], metrics=_metrics(b)
     )[0]
 
 
 def run_prl(b: dict) -> torch.Tensor:
     return E.compute_prl_advantage(
         b["token_level_rewards"], b["response_mask"], b["index"], None,
-        old_log_probs=b["old_log_probs"], ref_log_prob=b["ref_log_prob"],
+        old_log_probs=b["old_log_probs"], ref_log_prob=b["ref_log_prob"], metrics=_metrics(b),
     )[0]
 
 
 def run_spro(b: dict) -> torch.Tensor:
     return E.compute_spro_advantage(
         b["token_level_rewards"], b["response_mask"], b["index"], None,
-        old_log_probs=b["old_log_probs"], ref_log_prob=b["ref_log_prob"],
+        old_log_probs=b["old_log_probs"], ref_log_prob=b["ref_log_prob"], metrics=_metrics(b),
     )[0]
 
 
 def run_pure(b: dict) -> torch.Tensor:
     return E.compute_pure_advantage(
         b["token_level_rewards"], b["response_mask"], b["index"], None,
-        prm_scores=b["prm_scores"], segment_ids=b["segment_ids"],
+        prm_scores=b["prm_scores"], segment_ids=b["segment_ids"], metrics=_metrics(b),
     )[0]
 
 
@@ -88,16 +97,16 @@ def run_grpo(b: dict) -> torch.Tensor:
     return core_algos.compute_grpo_outcome_advantage(b["token_level_rewards"], b["response_mask"], b["index"])[0]
 
 
-def measure(runs: dict, b: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times in ms. Rounds interleave every estimator (grpo first in each round) so that a change of machine
-    load hits all of them alike; one warm-up round is discarded."""
+def measure(runs: dict, b: dict, repeats: int, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Times in ms (``clock``: wall, or this thread's CPU time). Rounds interleave every estimator (grpo first in
+    each round) so that a change of machine load hits all of them alike; one warm-up round is discarded."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(repeats + 1):
         for name, fn in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn(b)
             if r:
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                times[name].append((clock() - t0) * 1e3)
     return times
 
 
@@ -108,19 +117,25 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-metrics", action="store_true", help="call the estimators without a metrics dict")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time this thread's CPU seconds instead of wall time (with --threads 1: for a loaded machine)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     b = make_batch(args.batch, args.length, args.group)
+    b["with_metrics"] = not args.no_metrics
     seg = segment("entropy", b["response_mask"], entropy=b["entropy"], k=5, m=10)
     b["prm_scores"] = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
     b["segment_ids"] = seg.segment_ids
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
             "pure": run_pure}
-    times = measure(runs, b, args.repeats)
+    times = measure(runs, b, args.repeats, time.thread_time if args.cpu_time else time.perf_counter)
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     print(f"batch {args.batch} x {args.length}, group {args.group}, CPU, {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved rounds, THP_MEM_ALLOC_ENABLE={thp}\n")
+          f"{args.repeats} interleaved rounds, {'thread CPU' if args.cpu_time else 'wall'} time, "
+          f"metrics {'off' if args.no_metrics else 'on'}, "
+          f"THP_MEM_ALLOC_ENABLE={thp}\n")
     print("| estimator | median ms | ratio of medians to grpo | median of per-round ratios |")
     print("|---|---:|---:|---:|")
     g = times["grpo"]

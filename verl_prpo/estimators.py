@@ -129,7 +129,7 @@ def _step_ids(b: _Batch, segment_ids: torch.Tensor | None, hint: str = "") -> to
     if segment_ids.shape != b.m.shape:
         raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(b.m.shape)}")
     seg = segment_ids.to(b.m.device).long()
-    if seg.numel() and (int(seg.min()) < -1 or bool(((seg >= 0) != b.valid).any())):
+    if seg.numel() and (int(seg.min()) < -1 or not torch.equal(seg >= 0, b.valid)):
         if bool((b.valid & (seg < 0)).any()):
             raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
         raise ValueError("segment_ids must be -1 outside the response mask")
@@ -145,8 +145,8 @@ def _cfg_get(config: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _adv_metrics(metrics: dict, adv: torch.Tensor, m: torch.Tensor) -> None:
-    metrics["adv/mean"], metrics["adv/std"] = masked_mean_std(adv, m)
+def _adv_metrics(metrics: dict, adv: torch.Tensor, valid: torch.Tensor) -> None:
+    metrics["adv/mean"], metrics["adv/std"] = masked_mean_std(adv, valid)
 
 
 def _steps_per_response(seg: torch.Tensor) -> torch.Tensor:
@@ -211,7 +211,10 @@ def compute_prpo_advantage(
         var_p = group_sum((dev**2).sum(-1), gid, b.num_groups) / (n_tok - 1.0).clamp(min=1.0)
         std_p = torch.where(n_tok >= 2, var_p.sqrt(), 1.0)
         z = dev.div_(std_p[gid, None] + cfg.eps)
-    z_mean = masked_mean_std(z, m)[0] if metrics is not None else 0.0
+    if metrics is not None:
+        p_mean, p_std = masked_mean_std(p, b.valid)
+        # fixed: z is p shifted and scaled, so is its mean
+        z_mean = (p_mean - cfg.mu) / cfg.sigma if cfg.normalization == "fixed" else masked_mean_std(z, b.valid)[0]
     adv = (z.add_(beta[:, None]) if cfg.outcome_shift else z).mul_(m)  # A = (z + beta) m, in z's buffer
 
     if metrics is not None:
@@ -221,10 +224,10 @@ def compute_prpo_advantage(
             for stat in ("mean", "min", "max"):
                 metrics[f"prpo/segments_per_response/{stat}"] = float(getattr(nonempty, stat)()) if len(nonempty) else 0.0
             metrics["prpo/segment_length/mean"] = float(m.sum()) / float(counts.sum()) if counts.sum() else 0.0
-        metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = masked_mean_std(p, m)
+        metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = p_mean, p_std
         metrics["prpo/abs_beta/mean"] = float(beta.abs().double().mean()) if beta.numel() else 0.0
         metrics["prpo/z/mean"] = z_mean
-        _adv_metrics(metrics, adv, m)
+        _adv_metrics(metrics, adv, b.valid)
     return adv, adv
 
 
@@ -278,7 +281,7 @@ def compute_prm_avg_advantage(
     if metrics is not None:
         metrics["prm_avg/prm_mean/mean"] = float(pbar[~empty].double().mean()) if n_empty < len(pbar) else 0.0
         metrics["prm_avg/empty_responses"] = float(n_empty)
-        _adv_metrics(metrics, adv, m)
+        _adv_metrics(metrics, adv, b.valid)
     return adv, adv
 
 
@@ -398,11 +401,12 @@ def compute_prl_advantage(
     adv = torch.sub(base[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(m)  # (base - kl_to_go / eta) * m
 
     if metrics is not None:
-        metrics["prl/process_term/mean"], metrics["prl/process_term/std"] = masked_mean_std(-kl_to_go / cfg.eta, m)
+        kl_mean, kl_std = masked_mean_std(kl_to_go, b.valid)  # the process term is -(1/eta) * kl_to_go
+        metrics["prl/process_term/mean"], metrics["prl/process_term/std"] = -kl_mean / cfg.eta, kl_std / cfg.eta
         if n_steps is not None:
             steps = n_steps[b.valid.any(-1)].double()
             metrics["prl/steps_per_response/mean"] = float(steps.mean()) if steps.numel() else 0.0
-        _adv_metrics(metrics, adv, m)
+        _adv_metrics(metrics, adv, b.valid)
     return adv, adv
 
 
@@ -448,12 +452,12 @@ def compute_spro_advantage(
 
     # in place on tensors of this call: each fresh (B, L) buffer costs more than its arithmetic on CPU
     cpr = d.mul_(cfg.beta_s).cumsum_(-1).mul_(m)  # d is 0 off the mask
-    cpr_mean = masked_mean_std(cpr, m)[0] if metrics is not None else 0.0
+    cpr_mean = masked_mean_std(cpr, b.valid)[0] if metrics is not None else 0.0
     _, _, mean, std = group_position_stats(cpr, m, gid, b.num_groups, with_std=cfg.msa_norm == "std")
     msa = cpr.sub_(mean[gid]).mul_(m)  # a lone response at t: the mean is its own CPR, so MSA is exactly 0
     if std is not None:
         msa.div_(std[gid] + cfg.eps)
-    msa_stats = masked_mean_std(msa, m) if metrics is not None else (0.0, 0.0)
+    msa_stats = masked_mean_std(msa, b.valid) if metrics is not None else (0.0, 0.0)
     a_out, _ = outcome_advantage(b.R[:, None], m, None, norm_by_std=norm_by_std, eps=cfg.eps,
                                  groups=(gid, b.num_groups))
     adv = msa.add_(a_out[:, None]).mul_(m)  # A = (MSA + A_out) m
@@ -461,7 +465,7 @@ def compute_spro_advantage(
     if metrics is not None:
         metrics["spro/msa/mean"], metrics["spro/msa/std"] = msa_stats
         metrics["spro/cpr/mean"] = cpr_mean
-        _adv_metrics(metrics, adv, m)
+        _adv_metrics(metrics, adv, b.valid)
     return adv, adv
 
 
@@ -560,12 +564,14 @@ def compute_pure_advantage(
         logger.warning("pure: %d response(s) alone in their group: baseline b = 0 and verifiable reward v = 0",
                        n_single)
 
-    # (B, L) work in place on this call's buffers: each fresh (B, L) buffer costs more than its arithmetic on CPU
-    reward = m.new_zeros(B, L).scatter_add_(1, e, q_adj * is_step)
-    reward.scatter_add_(1, last.clamp(min=0)[:, None], (cfg.vr_coef * v * (last >= 0))[:, None])
-    # return to go sum_{j >= t} reward_j = total - sum_{j < t} reward_j (a few nonzero rewards per row: no
-    # cancellation to speak of; two flips of (B, L) would cost more than the whole rest)
-    adv = (reward.sum(-1, keepdim=True) - reward.cumsum(-1)).add_(reward).mul_(m)
+    # rewards at the step ends: q'_{i,s} at e_{i,s}, vr_coef * v_i at the last valid token (the end of the last step)
+    last_step = torch.where(is_step, torch.arange(S, device=m.device), -1).amax(-1)
+    reward = (q_adj * is_step).scatter_add_(1, last_step.clamp(min=0)[:, None],
+                                            (cfg.vr_coef * v * (last_step >= 0))[:, None])
+    # return to go: a token of step s sees the rewards at e_{i,s'} for s' >= s (ids are non-decreasing along the
+    # response), so A is constant within a step; per-step sums, then one gather to tokens (0 off the mask)
+    rtg = reward.flip(-1).cumsum(-1).flip(-1)
+    adv = torch.cat([rtg.new_zeros(B, 1), rtg], dim=1).gather(1, col)
     if cfg.mask_separator:
         adv.scatter_(1, e, 0.0)  # every step end e_{i,s}, the last valid token included
     if cfg.whiten:
@@ -581,5 +587,5 @@ def compute_pure_advantage(
         for stat in ("mean", "min", "max"):
             metrics[f"pure/steps_per_response/{stat}"] = float(getattr(steps, stat)()) if steps.numel() else 0.0
         metrics["pure/singleton_groups"] = float(n_single)
-        _adv_metrics(metrics, adv, m)
+        _adv_metrics(metrics, adv, b.valid)
     return adv, adv

@@ -30,7 +30,7 @@ __all__ = [
 
 def valid_mask(response_mask: torch.Tensor) -> torch.Tensor:
     """The response mask (int, bool or float 0/1) as a bool tensor of the same shape."""
-    return response_mask if response_mask.dtype == torch.bool else response_mask != 0
+    return response_mask if response_mask.dtype == torch.bool else response_mask.bool()  # nonzero -> True
 
 
 def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
@@ -201,15 +201,21 @@ def group_position_stats(
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
     """Mean and unbiased std of ``x`` over ``mask`` as Python floats (0.0 when empty / fewer than two values).
 
-    Accumulated in float64 without gathering the valid values.
+        n = sum m,   mean = sum x m / n,   std = sqrt( sum m (x - mean)^2 / (n - 1) )      (two passes)
+
+    Each row (last dim) is summed in ``x``'s dtype and the row sums in float64: no (B, L) float64 copy, no gather of
+    the valid values. Values off the mask are ignored (NaN included). ``mask``: 0/1 or bool, like ``x``.
     """
-    m = torch.ones_like(x, dtype=torch.float64) if mask is None else valid_mask(mask).double()
-    n = float(m.sum())
+    valid = torch.ones_like(x, dtype=torch.bool) if mask is None else valid_mask(mask)
+    n = int(torch.count_nonzero(valid))  # a bool .sum() converts to int64 first: several times slower on CPU
     if n == 0:
         return 0.0, 0.0
-    xm = torch.where(m > 0, x.double(), 0.0)
-    mean = float(xm.sum()) / n
+    xm = torch.where(valid, x, 0.0)
+    mean = float(xm.sum(-1).double().sum()) / n
     if n < 2:
         return mean, 0.0
-    var = float((((xm - mean) * m) ** 2).sum()) / (n - 1.0)
-    return mean, max(var, 0.0) ** 0.5
+    # (x - mean) m in xm's buffer: a fresh (B, L) float buffer (or a bool mask cast to float by mul_) costs more
+    # on CPU than the pass itself
+    dev = xm.sub_(mean).masked_fill_(~valid, 0.0)
+    var = float(torch.linalg.vector_norm(dev, dim=-1).double().square().sum()) / (n - 1.0)
+    return mean, var**0.5

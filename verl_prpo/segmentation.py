@@ -73,9 +73,11 @@ def response_lengths(response_mask: torch.Tensor) -> torch.Tensor:
 def _from_starts(starts: torch.Tensor, mask: torch.Tensor) -> Segmentation:
     """Segmentation from the (B, L) bool map of segment starts (position 0 of a non-empty response included, no
     start at or past L_i): the id of a valid token is the number of starts at or before it, minus 1."""
-    # counted in float32 (exact below 2**24 tokens): on CPU an int64 cumsum over (B, L) costs ~8x more
-    ids = starts.float().cumsum_(dim=-1).mul_(mask).sub_(1).long()
-    return Segmentation(segment_ids=ids, starts=starts, num_segments=starts.sum(dim=-1))
+    # counted in int32 and widened once: a bool cumsum (or sum) into int64 costs several times more on CPU
+    count = starts.cumsum(dim=-1, dtype=torch.int32)  # starts at or before t
+    num_segments = count[:, -1].long()
+    ids = count.sub_(1).masked_fill_(~mask, -1).long()  # count - 1 on valid tokens, -1 elsewhere
+    return Segmentation(segment_ids=ids, starts=starts, num_segments=num_segments)
 
 
 def _starts_from_cuts(cuts: torch.Tensor, ok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -197,9 +199,6 @@ def segment(
         return Segmentation(segment_ids=torch.empty(B, 0, dtype=torch.long, device=device),
                             starts=torch.empty(B, 0, dtype=torch.bool, device=device),
                             num_segments=torch.zeros(B, dtype=torch.long, device=device))
-    lengths = response_lengths(mask)
-    pos = torch.arange(L, device=device)
-
     if strategy in ("entropy", "random"):
         if int(k) < 1 or int(m) < 1:
             raise ValueError(f"segmentation needs k >= 1 and m >= 1, got k={k}, m={m}")
@@ -219,6 +218,8 @@ def segment(
         spikes = _released_spikes if cut_rule == "released" else _greedy_spikes
         cuts, ok = spikes(priority, mask, int(k), int(m))
         return _from_starts(_starts_from_cuts(cuts, ok, mask), mask)
+    lengths = response_lengths(mask)  # the other strategies cut relative to L_i
+    pos = torch.arange(L, device=device)
     if strategy == "uniform":
         if int(k) < 1:
             raise ValueError(f"uniform segmentation needs k >= 1, got k={k}")
@@ -293,7 +294,7 @@ def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) ->
     seg = segment_ids.to(scores.device).long()
     S = scores.shape[1]
     if seg.numel():
-        lo, hi = int(seg.min()), int(seg.max())
+        lo, hi = (int(v) for v in torch.aminmax(seg))
         if hi >= S or lo < -1:
             raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{lo}, {hi}]")
     padded = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], dim=1)  # column 0: the 0 of id -1
