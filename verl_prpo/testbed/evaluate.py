@@ -21,16 +21,27 @@ import torch
 from verl_prpo.testbed import task
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids and attention mask of left-padded token lists."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        att[i, width - len(r):] = 1
+    return ids, att
+
+
+def response_valid_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """[B, T] bool: the response tokens up to and including the first EOS."""
+    is_eos = responses == eos_id
+    return (is_eos.long().cumsum(1) - is_eos.long()) == 0
+
+
 def _prompts(tokenizer, problems, device):
     from verl_prpo.testbed.build import prompt_ids
 
-    rows = [prompt_ids(tokenizer, p.question) for p in problems]
-    L = max(map(len, rows))
-    ids = torch.full((len(rows), L), tokenizer.pad_token_id)
-    att = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):  # left padding
-        ids[i, L - len(r):] = torch.tensor(r)
-        att[i, L - len(r):] = 1
+    ids, att = left_pad([prompt_ids(tokenizer, p.question) for p in problems], tokenizer.pad_token_id)
     return ids.to(device), att.to(device)
 
 
@@ -47,10 +58,7 @@ def _generate(model, tokenizer, problems, *, do_sample: bool, temperature: float
                              pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True, output_logits=True,
                              **kw)
         gen = out.sequences[:, ids.shape[1]:]
-        # valid = up to and including the first EOS
-        is_eos = gen == eos
-        after = (is_eos.cumsum(1) - is_eos.long()) > 0
-        valid = ~after
+        valid = response_valid_mask(gen, eos)
         lengths += valid.sum(1).tolist()
         logits = torch.stack(out.logits, 1).float() / (temperature if do_sample else 1.0)
         logp = torch.log_softmax(logits, -1)

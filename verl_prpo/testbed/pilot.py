@@ -28,6 +28,7 @@ import time
 import torch
 
 from verl_prpo.testbed import task
+from verl_prpo.testbed.evaluate import left_pad, response_valid_mask  # noqa: F401  (re-exported for tests)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -35,23 +36,6 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     if rewards.shape[1] < 2:
         raise ValueError("GRPO needs at least 2 samples per prompt")
     return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L] ids and attention mask of left-padded token lists."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id)
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        att[i, width - len(r):] = 1
-    return ids, att
-
-
-def response_valid_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """[B, T] bool: the response tokens up to and including the first EOS."""
-    is_eos = responses == eos_id
-    return (is_eos.long().cumsum(1) - is_eos.long()) == 0
 
 
 def policy_gradient_loss(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor,
