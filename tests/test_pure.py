@@ -172,6 +172,14 @@ def test_group_order_does_not_matter():
     torch.testing.assert_close(adv_perm, adv[perm])
 
 
+def test_int32_and_int64_step_ids_agree():
+    # segment() returns int32 ids; ids built elsewhere may be int64 (or another integer type)
+    rewards, mask, uids, p, seg = random_batch(3)
+    adv = run(rewards, mask, uids, p, seg.long())
+    torch.testing.assert_close(run(rewards, mask, uids, p, seg.to(torch.int32)), adv, atol=0, rtol=0)
+    torch.testing.assert_close(run(rewards, mask, uids, p, seg.to(torch.int16)), adv, atol=0, rtol=0)
+
+
 def test_steps_metrics_and_defaults():
     rewards, mask, uids, p, seg = random_batch(3)
     metrics = {}

@@ -73,6 +73,7 @@ def length_of(mask_row):
 def check_consistent(seg: Segmentation, mask):
     """segment_ids / starts / num_segments / spans agree with each other."""
     B, L = mask.shape
+    assert seg.segment_ids.dtype == torch.int32 and seg.segment_ids.shape == mask.shape
     for i in range(B):
         n = length_of(mask[i].tolist())
         starts = [t for t in range(L) if seg.starts[i, t]]
@@ -169,6 +170,19 @@ def test_entropy_errors():
 def test_entropy_matches_reference(mask, k, m, levels):
     # few distinct levels: plenty of ties
     g = torch.Generator().manual_seed(k * 100 + m)
+    ent = torch.randint(0, levels + 1, mask.shape, generator=g).float()
+    seg = segment("entropy", mask, entropy=ent, k=k, m=m)
+    for i in range(mask.shape[0]):
+        cuts = ref_greedy(ent[i].tolist(), mask[i].tolist(), k, m)
+        assert seg.segment_ids[i].tolist() == ref_ids_from_cuts(mask[i].tolist(), cuts)
+    check_consistent(seg, mask)
+
+
+@SETTINGS
+@given(masks(max_b=4, max_l=300), st.integers(1, 6), st.integers(1, 40), st.integers(0, 2))
+def test_entropy_matches_reference_across_blocks(mask, k, m, levels):
+    # rows longer than one 64-token block of the two-level argmax, ties across blocks (few levels)
+    g = torch.Generator().manual_seed(k * 1000 + m)
     ent = torch.randint(0, levels + 1, mask.shape, generator=g).float()
     seg = segment("entropy", mask, entropy=ent, k=k, m=m)
     for i in range(mask.shape[0]):

@@ -123,12 +123,14 @@ def _checked(b: _Batch, field: str, x: torch.Tensor | None, hint: str, within: t
 
 
 def _step_ids(b: _Batch, segment_ids: torch.Tensor | None, hint: str = "") -> torch.Tensor:
-    """The (B, L) long step ids, checked: present, shaped like the mask, >= 0 on valid tokens and -1 elsewhere."""
+    """The (B, L) int32/int64 step ids, checked: present, shaped like the mask, >= 0 on valid tokens and -1 elsewhere."""
     if segment_ids is None:
         raise _missing(b, "segment_ids", hint)
     if segment_ids.shape != b.m.shape:
         raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(b.m.shape)}")
-    seg = segment_ids.to(b.m.device).long()
+    seg = segment_ids.to(b.m.device)
+    if seg.dtype not in (torch.int32, torch.int64):  # segment() gives int32; gather and scatter take either
+        seg = seg.long()
     if seg.numel() and (int(seg.min()) < -1 or not torch.equal(seg >= 0, b.valid)):
         if bool((b.valid & (seg < 0)).any()):
             raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
@@ -187,7 +189,7 @@ def compute_prpo_advantage(
         token_level_rewards: ``(B, L)``; R_i is the row sum. response_mask: ``(B, L)`` 0/1. index: ``(B,)`` uids.
         config: verl's ``algorithm`` node.
         prm_scores: ``(B, L)`` p_{i,t} in [0, 1] on valid tokens (required).
-        segment_ids: ``(B, L)`` long, -1 outside the mask (optional, for the segment metrics).
+        segment_ids: ``(B, L)`` int32 or int64, -1 outside the mask (optional, for the segment metrics).
         metrics: dict receiving ``prpo/segments_per_response/{mean,min,max}``, ``prpo/segment_length/mean`` (with
             ``segment_ids``), ``prpo/prm_score/{mean,std}``, ``prpo/abs_beta/mean``, ``prpo/z/mean``, ``adv/*``.
 
@@ -365,7 +367,7 @@ def compute_prl_advantage(
     Args:
         token_level_rewards: ``(B, L)``. response_mask: ``(B, L)``. index: ``(B,)`` uids. config: ``algorithm`` node.
         old_log_probs: ``(B, L)`` (required). ref_log_prob: ``(B, L)`` (required).
-        segment_ids: ``(B, L)`` long step ids, non-decreasing along the response, -1 outside the mask (optional).
+        segment_ids: ``(B, L)`` int32 or int64 step ids, non-decreasing along the response, -1 outside the mask (optional).
         metrics: dict receiving ``prl/process_term/{mean,std}`` (the -(1/eta) * S part over valid tokens),
             ``prl/steps_per_response/mean`` (outcome_first; steps with a valid token, over non-empty responses),
             ``adv/mean``, ``adv/std``.
@@ -512,7 +514,7 @@ def compute_pure_advantage(
         config: verl's ``algorithm`` node (options under ``algorithm.pure``, ``PUREConfig``).
         prm_scores: ``(B, L)`` p in [0, 1] per token, each step's probability on its tokens as the trainer broadcasts
             it (required); p_{i,s} is read at the step's last valid token e_{i,s}.
-        segment_ids: ``(B, L)`` long step ids, non-decreasing along the response, -1 outside the mask (required).
+        segment_ids: ``(B, L)`` int32 or int64 step ids, non-decreasing along the response, -1 outside the mask (required).
         metrics: dict receiving ``pure/soft_min_reward/mean`` (PR over non-empty responses), ``pure/baseline/mean``,
             ``pure/steps_per_response/{mean,min,max}``, ``pure/singleton_groups``, ``adv/mean``, ``adv/std``.
 
