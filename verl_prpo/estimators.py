@@ -328,7 +328,7 @@ def _kl_to_go_from_ids(d: torch.Tensor, seg: torch.Tensor, kl_scope: str) -> tor
     tables and one gather back, with the ids shifted by one so that column 0 collects the tokens off the mask."""
     B, L = d.shape
     S = int(seg.max()) + 1 if seg.numel() else 0
-    col = seg + 1
+    col = (seg + 1).long()  # one int64 index for the three index ops (each would widen an int32 index itself)
     D = d.new_zeros(B, S + 1).scatter_add(1, col, d)[:, 1:]
     pos = torch.arange(L, device=d.device).expand(B, L)
     last = torch.full((B, S + 1), -1, device=d.device).scatter_reduce(1, col, pos, reduce="amax")[:, 1:]
@@ -533,7 +533,7 @@ def compute_pure_advantage(
     # steps as (B, S) tables: token count n_{i,s}, last valid token e_{i,s}, probability p_{i,s} (read at e_{i,s},
     # where the PRM reads it); the ids are shifted by one so that column 0 collects the tokens off the mask
     S = max(int(seg.max()) + 1, 1)
-    col = seg + 1
+    col = (seg + 1).long()  # one int64 index for the three index ops (each would widen an int32 index itself)
     pos = torch.arange(L, device=m.device).expand(B, L)
     n = m.new_zeros(B, S + 1).scatter_add(1, col, m)[:, 1:]
     e = torch.full((B, S + 1), -1, device=m.device).scatter_reduce(1, col, pos, reduce="amax")[:, 1:]

@@ -270,6 +270,7 @@ def train_prm(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], e
     and AUC on solutions of the eval problems."""
     import torch
     from transformers import Qwen2ForTokenClassification
+    from transformers.utils import logging as hf_logging
 
     from verl_prpo.prm.adapters import TokenClassificationPRMAdapter
 
@@ -277,9 +278,14 @@ def train_prm(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], e
     rng = random.Random(s.seed + 22)
     # like real PRMs (Qwen2.5-Math-PRM starts from Qwen2.5-Math-Instruct), the body starts from the SFT policy; the
     # 2-class head is new. A PRM trained from scratch barely beats the constant predictor in the same budget.
-    model = Qwen2ForTokenClassification.from_pretrained(
-        policy_dir, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
-        torch_dtype=torch.float32)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the head is new by design: transformers would print a "MISSING" load report
+    try:
+        model = Qwen2ForTokenClassification.from_pretrained(
+            policy_dir, num_labels=2, id2label={0: "negative", 1: "positive"},
+            label2id={"negative": 0, "positive": 1}, torch_dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.step_separator = STEP_TAG
     adapter = TokenClassificationPRMAdapter(model, tokenizer, step_separator=STEP_TAG, max_length=512,
                                             max_tokens_per_batch=512)
