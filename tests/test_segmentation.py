@@ -178,6 +178,20 @@ def test_entropy_matches_reference(mask, k, m, levels):
     check_consistent(seg, mask)
 
 
+def test_first_argmax_matches_torch_argmax():
+    from verl_prpo.segmentation import _first_argmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (40, 5 * 64), generator=g).float()  # many ties, within and across blocks
+    x[3] = float("-inf")  # a row with nothing eligible
+    x[4, :100] = float("-inf")
+    x[5] = 1.0
+    x[5, 200] = 2.0
+    pos, value = _first_argmax(x)
+    assert pos.tolist() == x.argmax(dim=-1).tolist()  # argmax returns the first maximum
+    assert value.tolist() == x.amax(dim=-1).tolist()
+
+
 @SETTINGS
 @given(masks(max_b=4, max_l=300), st.integers(1, 6), st.integers(1, 40), st.integers(0, 2))
 def test_entropy_matches_reference_across_blocks(mask, k, m, levels):
