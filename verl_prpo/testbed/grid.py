@@ -118,6 +118,15 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
     return cmd, env
 
 
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return int(os.cpu_count() or 1)
+
+
 def cpu_mode_env(overrides: list[str], metrics_file: Path | str | None) -> dict[str, str]:
     """The environment of a CPU-mode ``main_ppo`` run; with ``metrics_file`` also verl's JSON-lines file logger
     (appended to ``overrides``: verl's "file" logger writes one line per step to VERL_FILE_LOGGER_PATH, read in the
@@ -127,6 +136,9 @@ def cpu_mode_env(overrides: list[str], metrics_file: Path | str | None) -> dict[
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("RAY_DEDUP_LOGS", "1")
     env.setdefault("PYTHONWARNINGS", "ignore::UserWarning:verl.workers.engine")  # optional engines missing
+    # TransferQueue sizes its torch threads by TQ_NUM_THREADS (default 8) and warns on every put and get when that
+    # exceeds the physical cores (hundreds of lines a step on a laptop); it then uses the cores anyway
+    env.setdefault("TQ_NUM_THREADS", str(min(8, physical_cores())))
     if metrics_file is not None:
         metrics_file = Path(metrics_file).resolve()
         overrides += ["trainer.logger=[console,file]",
