@@ -77,7 +77,7 @@ def _from_starts(starts: torch.Tensor, mask: torch.Tensor) -> Segmentation:
     start at or past L_i): the id of a valid token is the number of starts at or before it, minus 1."""
     count = starts.cumsum(dim=-1, dtype=torch.int32)  # starts at or before t (a bool cumsum into int64 is slower)
     num_segments = count[:, -1].long()
-    ids = count.sub_(1).masked_fill_(~mask, -1)  # count - 1 on valid tokens, -1 elsewhere
+    ids = torch.where(mask, count.sub_(1), -1)  # count - 1 on valid tokens, -1 elsewhere
     return Segmentation(segment_ids=ids, starts=starts, num_segments=num_segments)
 
 
