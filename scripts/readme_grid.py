@@ -67,11 +67,11 @@ vs {mean3(g['greedy_final'])} (both from {greedy0:.3f}) |
 (length change {plain(rows['prpo_process_only']['length_change'])} tokens: the task's format fixes the length) |
 | relative normalisation collapses | **not reproduced** in 20 steps: {sg('prpo_relative_norm')} (fixed-prior PRPO \
 {sg('prpo')}) |
-| entropy split beats uniform and random | **not supported**: entropy {sg('prpo')}, uniform {sg('prpo_uniform_split')}, \
-random {sg('prpo_random_split')}. This policy's entropy spikes sit on result digits, so entropy segments end \
+| entropy split beats uniform and random | **contradicted**: entropy {sg('prpo')}, uniform {sg('prpo_uniform_split')}, \
+random {sg('prpo_random_split')}: entropy is below both, by about twice the std. This policy's entropy spikes sit on result digits, so entropy segments end \
 mid-step, where the PRM (trained on whole steps, as real PRMs are) is off its training distribution |
-| PRL improves pass@k | **cannot decide**: PRL's pass@{k} {mean3(rows['prl']['pass_at_k_final'])} vs GRPO's \
-{mean3(g['pass_at_k_final'])} (start {pass0:.3f}), sampled {sg('prl')} vs GRPO {sg('grpo')}: within the noise |
+| PRL improves pass@k | **not supported**: PRL's pass@{k} {mean3(rows['prl']['pass_at_k_final'])} vs GRPO's \
+{mean3(g['pass_at_k_final'])} (start {pass0:.3f}), sampled {sg('prl')} vs GRPO {sg('grpo')}: the same as GRPO within the noise |
 | SPRO learns at least as fast as GRPO, with shorter responses | **partly supported**: sampled {sg('spro')} \
 (GRPO {sg('grpo')}), pass@{k} {mean3(rows['spro']['pass_at_k_final'])}; responses did not shorten (the format \
 fixes the length) |
