@@ -169,7 +169,12 @@ def test_entropy_errors():
 @given(masks(), st.integers(1, 6), st.integers(1, 12), st.integers(0, 3))
 def test_entropy_matches_reference(mask, k, m, levels):
     # few distinct levels: plenty of ties
-    g = torch.Generator().manual_seed(k * 100 + m)
+    check_entropy_against_reference(mask, k, m, levels, seed=k * 100 + m)
+
+
+def check_entropy_against_reference(mask, k, m, levels, seed):
+    """Greedy entropy segmentation of random entropies with ``levels + 1`` distinct values against ``ref_greedy``."""
+    g = torch.Generator().manual_seed(seed)
     ent = torch.randint(0, levels + 1, mask.shape, generator=g).float()
     seg = segment("entropy", mask, entropy=ent, k=k, m=m)
     for i in range(mask.shape[0]):
@@ -196,13 +201,7 @@ def test_first_argmax_matches_torch_argmax():
 @given(masks(max_b=4, max_l=300), st.integers(1, 6), st.integers(1, 40), st.integers(0, 2))
 def test_entropy_matches_reference_across_blocks(mask, k, m, levels):
     # rows longer than one 64-token block of the two-level argmax, ties across blocks (few levels)
-    g = torch.Generator().manual_seed(k * 1000 + m)
-    ent = torch.randint(0, levels + 1, mask.shape, generator=g).float()
-    seg = segment("entropy", mask, entropy=ent, k=k, m=m)
-    for i in range(mask.shape[0]):
-        cuts = ref_greedy(ent[i].tolist(), mask[i].tolist(), k, m)
-        assert seg.segment_ids[i].tolist() == ref_ids_from_cuts(mask[i].tolist(), cuts)
-    check_consistent(seg, mask)
+    check_entropy_against_reference(mask, k, m, levels, seed=k * 1000 + m)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
