@@ -8,8 +8,14 @@ fixed segmentation; ``prm_avg``, ``spro`` and ``pure`` are the estimators alone 
 as its steps). Every plugin estimator is called with a ``metrics`` dict, as ``prpo_sync`` calls it in a training step
 (``--no-metrics``: the advantages alone); verl's ``grpo`` computes no metrics of its own.
 
-PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for every allocation) changes the cost of first touching
-fresh (B, L) buffers on CPU; the header says whether it was set. On a machine shared with other jobs, use
+On CPU the figures depend on the allocator as much as on the code. With glibc's defaults, freeing more than 32 MiB at
+the top of the heap returns it to the kernel, so a call whose (B, L) buffers (16 MiB each in float32) exceed that
+pays a page fault for every 4 KiB of them again on the next call (about 7 ms per 16 MiB on the VM this was written
+on, against ~1.5 ms for the arithmetic of one elementwise op); grpo allocates one buffer and pays none.
+``MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_MMAP_THRESHOLD_=33554432`` (glibc's environment variables; jemalloc or
+tcmalloc through ``LD_PRELOAD`` do the same) keeps the heap mapped, and the figures then measure the arithmetic.
+The header names the allocator settings in effect (``THP_MEM_ALLOC_ENABLE=1``, PyTorch's huge pages, changes the
+first-touch cost too). On a machine shared with other jobs, use
 ``--threads 1``: with more threads than free cores every parallel kernel waits for its slowest thread; add
 ``--cpu-time`` when other jobs hold the cores (wall time then mostly measures the wait for a core).
 
@@ -30,6 +36,10 @@ from verl.trainer.ppo import core_algos
 
 from verl_prpo import estimators as E
 from verl_prpo.segmentation import broadcast_segment_scores, segment
+
+
+_ALLOCATOR_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES",
+                  "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD")
 
 
 def make_batch(batch: int, length: int, group: int, seed: int = 0) -> dict:
@@ -99,10 +109,16 @@ def run_grpo(b: dict) -> torch.Tensor:
 
 def measure(runs: dict, b: dict, repeats: int, clock=time.perf_counter) -> dict[str, list[float]]:
     """Times in ms (``clock``: wall, or this thread's CPU time). Rounds interleave every estimator (grpo first in
-    each round) so that a change of machine load hits all of them alike; one warm-up round is discarded."""
+    each round) so that a change of machine load hits all of them alike; one warm-up round is discarded.
+
+    Each timed call follows an untimed call of the same function: glibc returns freed memory at the top of the heap
+    to the kernel, so a call pays page faults for whatever its predecessor released. Timed right after the previous
+    estimator, grpo (which allocates one (B, L) buffer) measured 15-29 ms depending on who ran before it; after a
+    call of itself, every estimator pays for its own buffers only."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(repeats + 1):
         for name, fn in runs.items():
+            fn(b)  # settles the heap to this function's own pattern
             t0 = clock()
             fn(b)
             if r:
@@ -131,11 +147,11 @@ def main() -> None:
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
             "pure": run_pure}
     times = measure(runs, b, args.repeats, time.thread_time if args.cpu_time else time.perf_counter)
-    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+    allocator = " ".join(f"{k}={os.environ[k]}" for k in _ALLOCATOR_ENV if k in os.environ) or "glibc defaults"
     print(f"batch {args.batch} x {args.length}, group {args.group}, CPU, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved rounds, {'thread CPU' if args.cpu_time else 'wall'} time, "
           f"metrics {'off' if args.no_metrics else 'on'}, "
-          f"THP_MEM_ALLOC_ENABLE={thp}\n")
+          f"allocator: {allocator}\n")
     print("| estimator | median ms | ratio of medians to grpo | median of per-round ratios |")
     print("|---|---:|---:|---:|")
     g = times["grpo"]

@@ -230,6 +230,29 @@ def test_step_probability_is_read_at_the_step_end():
     torch.testing.assert_close(adv, torch.tensor([[-0.2, -0.2, 0.0, 0.0]]))  # r = [-0.4, 0], w = 1/2
 
 
+def test_holes_at_step_ends_and_unused_ids():
+    # e_{i,s} is the last *valid* token of step s: here a hole ends step 0 (row 0), step 1 is missing (row 1) and a
+    # hole starts the response (row 2)
+    mask = torch.tensor([[1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 1, 1]])
+    seg = torch.tensor([[0, 0, -1, 1, 1, -1], [0, 0, 2, 2, 2, 3], [-1, 0, 0, -1, 0, 1]])
+    p = torch.tensor([[0.2, 0.9, 0.5, 0.4, 0.7, 0.1], [0.6, 0.3, 0.8, 0.1, 0.5, 0.9], [0.5, 0.4, 0.2, 0.9, 0.6, 0.3]])
+    rewards = torch.zeros(3, 6)
+    rewards[0, 4], rewards[2, 5] = 1.0, 1.0
+    uids = np.array(["a", "a", "a"], dtype=object)
+    for opts in (dict(), dict(weighting="none", baseline="step", whiten=False)):
+        ref, _ = pure_reference(rewards.tolist(), mask.tolist(), list(uids), p.tolist(), seg.tolist(), **opts)
+        torch.testing.assert_close(run(rewards, mask, uids, p, seg, **opts).double(), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_step_ids_must_be_non_decreasing():
+    mask = torch.ones(2, 4, dtype=torch.long)
+    p = torch.full((2, 4), 0.5)
+    uids = np.array(["a", "a"], dtype=object)
+    for bad in ([[0, 0, 1, 1], [1, 1, 0, 0]], [[0, 1, 0, 1], [0, 0, 0, 0]]):
+        with pytest.raises(ValueError, match="non-decreasing"):
+            run(torch.zeros(2, 4), mask, uids, p, torch.tensor(bad))
+
+
 def test_missing_inputs():
     rewards, mask, uids, p, seg = _one()
     with pytest.raises(ValueError, match="needs `prm_scores`.*prpo_sync"):

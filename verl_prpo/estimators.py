@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from verl_prpo.ops import (
     outcome_advantage,
     valid_mask,
 )
+from verl_prpo.segmentation import segment_table_index
 
 try:  # registered in verl's ADV_ESTIMATOR_REGISTRY when verl is there
     from verl.trainer.ppo.core_algos import register_adv_est
@@ -68,14 +70,17 @@ _REF_HINT = " and enable the reference policy (actor_rollout_ref.actor.use_kl_lo
 
 @dataclass
 class _Batch:
-    """The common inputs of one call, checked: R (B,), mask m (B, L) float32 0/1, valid (B, L) bool, groups."""
+    """The common inputs of one call, checked: R (B,), valid (B, L) bool, groups; the mask m (B, L) float32 0/1."""
 
     name: str
     R: torch.Tensor
-    m: torch.Tensor
     valid: torch.Tensor
     gid: torch.Tensor
     num_groups: int
+
+    @cached_property
+    def m(self) -> torch.Tensor:
+        return self.valid.float()  # built on first use: a (B, L) float buffer that not every estimator needs
 
 
 def _batch(name: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any) -> _Batch:
@@ -91,7 +96,7 @@ def _batch(name: str, token_level_rewards: torch.Tensor, response_mask: torch.Te
         raise ValueError("token_level_rewards: the per-response sum R overflows to inf")
     valid = valid_mask(response_mask.to(rewards.device))
     gid, num_groups = group_ids(index, expected_len=rewards.shape[0])
-    return _Batch(name, R, valid.float(), valid, gid.to(rewards.device), num_groups)
+    return _Batch(name, R, valid, gid.to(rewards.device), num_groups)
 
 
 def _missing(b: _Batch, field: str, hint: str) -> ValueError:
@@ -106,9 +111,9 @@ def _checked(b: _Batch, field: str, x: torch.Tensor | None, hint: str, within: t
     """
     if x is None:
         raise _missing(b, field, hint)
-    if x.shape != b.m.shape:
-        raise ValueError(f"{field} has shape {tuple(x.shape)}, expected {tuple(b.m.shape)} like response_mask")
-    x = x.detach().to(device=b.m.device, dtype=torch.float32)
+    if x.shape != b.valid.shape:
+        raise ValueError(f"{field} has shape {tuple(x.shape)}, expected {tuple(b.valid.shape)} like response_mask")
+    x = x.detach().to(device=b.valid.device, dtype=torch.float32)
     lo, hi = within if within is not None else (float("-inf"), float("inf"))
     x_min, x_max = torch.aminmax(x) if x.numel() else (torch.tensor(lo), torch.tensor(hi))
     if not (lo <= float(x_min) and float(x_max) <= hi and bool(torch.isfinite(x_min) & torch.isfinite(x_max))):
@@ -126,12 +131,12 @@ def _step_ids(b: _Batch, segment_ids: torch.Tensor | None, hint: str = "") -> to
     """The (B, L) int32/int64 step ids, checked: present, shaped like the mask, >= 0 on valid tokens and -1 elsewhere."""
     if segment_ids is None:
         raise _missing(b, "segment_ids", hint)
-    if segment_ids.shape != b.m.shape:
-        raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(b.m.shape)}")
-    seg = segment_ids.to(b.m.device)
+    if segment_ids.shape != b.valid.shape:
+        raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected {tuple(b.valid.shape)}")
+    seg = segment_ids.to(b.valid.device)
     if seg.dtype not in (torch.int32, torch.int64):  # segment() gives int32; gather and scatter take either
         seg = seg.long()
-    if seg.numel() and (int(seg.min()) < -1 or not torch.equal(seg >= 0, b.valid)):
+    if seg.numel() and (int(seg.min()) < -1 or bool(((seg >= 0) != b.valid).any())):  # any(): 2x torch.equal
         if bool((b.valid & (seg < 0)).any()):
             raise ValueError("segment_ids must be >= 0 on every valid token (-1 only outside the mask)")
         raise ValueError("segment_ids must be -1 outside the response mask")
@@ -147,8 +152,8 @@ def _cfg_get(config: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _adv_metrics(metrics: dict, adv: torch.Tensor, valid: torch.Tensor) -> None:
-    metrics["adv/mean"], metrics["adv/std"] = masked_mean_std(adv, valid)
+def _adv_metrics(metrics: dict, adv: torch.Tensor, m: torch.Tensor) -> None:
+    metrics["adv/mean"], metrics["adv/std"] = masked_mean_std(adv, m)
 
 
 def _steps_per_response(seg: torch.Tensor) -> torch.Tensor:
@@ -199,14 +204,15 @@ def compute_prpo_advantage(
     cfg = from_algorithm_config(config, "prpo")
     b = _batch("prpo", token_level_rewards, response_mask, index)
     p = _checked(b, "prm_scores", prm_scores, _PRM_HINT, within=(0.0, 1.0))
-    m, gid = b.m, b.gid
+    gid = b.gid
 
-    a_out, beta = outcome_advantage(b.R[:, None], m, None, eps=cfg.eps, groups=(gid, b.num_groups))
+    a_out, beta = outcome_advantage(b.R[:, None], b.valid, None, eps=cfg.eps, groups=(gid, b.num_groups))
     if cfg.beta_norm == "std":
         beta = a_out
     if cfg.normalization == "fixed":
         z = (p - cfg.mu).div_(cfg.sigma)
     else:
+        m = b.m
         n_tok = group_sum(m.sum(-1), gid, b.num_groups)
         mean_p = group_sum((p * m).sum(-1), gid, b.num_groups) / n_tok.clamp(min=1.0)
         dev = (p - mean_p[gid, None]) * m
@@ -214,10 +220,10 @@ def compute_prpo_advantage(
         std_p = torch.where(n_tok >= 2, var_p.sqrt(), 1.0)
         z = dev.div_(std_p[gid, None] + cfg.eps)
     if metrics is not None:
-        p_mean, p_std = masked_mean_std(p, b.valid)
+        p_mean, p_std = masked_mean_std(p, b.m)
         # fixed: z is p shifted and scaled, so is its mean
-        z_mean = (p_mean - cfg.mu) / cfg.sigma if cfg.normalization == "fixed" else masked_mean_std(z, b.valid)[0]
-    adv = (z.add_(beta[:, None]) if cfg.outcome_shift else z).mul_(m)  # A = (z + beta) m, in z's buffer
+        z_mean = (p_mean - cfg.mu) / cfg.sigma if cfg.normalization == "fixed" else masked_mean_std(z, b.m)[0]
+    adv = (z.add_(beta[:, None]) if cfg.outcome_shift else z).mul_(b.m)  # A = (z + beta) m, in z's buffer
 
     if metrics is not None:
         if segment_ids is not None:
@@ -225,11 +231,12 @@ def compute_prpo_advantage(
             nonempty = counts[counts > 0]
             for stat in ("mean", "min", "max"):
                 metrics[f"prpo/segments_per_response/{stat}"] = float(getattr(nonempty, stat)()) if len(nonempty) else 0.0
-            metrics["prpo/segment_length/mean"] = float(m.sum()) / float(counts.sum()) if counts.sum() else 0.0
+            n_valid = float(torch.count_nonzero(b.valid))
+            metrics["prpo/segment_length/mean"] = n_valid / float(counts.sum()) if counts.sum() else 0.0
         metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = p_mean, p_std
         metrics["prpo/abs_beta/mean"] = float(beta.abs().double().mean()) if beta.numel() else 0.0
         metrics["prpo/z/mean"] = z_mean
-        _adv_metrics(metrics, adv, b.valid)
+        _adv_metrics(metrics, adv, b.m)
     return adv, adv
 
 
@@ -283,7 +290,7 @@ def compute_prm_avg_advantage(
     if metrics is not None:
         metrics["prm_avg/prm_mean/mean"] = float(pbar[~empty].double().mean()) if n_empty < len(pbar) else 0.0
         metrics["prm_avg/empty_responses"] = float(n_empty)
-        _adv_metrics(metrics, adv, b.valid)
+        _adv_metrics(metrics, adv, b.m)
     return adv, adv
 
 
@@ -403,12 +410,12 @@ def compute_prl_advantage(
     adv = torch.sub(base[:, None], kl_to_go, alpha=1.0 / cfg.eta).mul_(m)  # (base - kl_to_go / eta) * m
 
     if metrics is not None:
-        kl_mean, kl_std = masked_mean_std(kl_to_go, b.valid)  # the process term is -(1/eta) * kl_to_go
+        kl_mean, kl_std = masked_mean_std(kl_to_go, m)  # the process term is -(1/eta) * kl_to_go
         metrics["prl/process_term/mean"], metrics["prl/process_term/std"] = -kl_mean / cfg.eta, kl_std / cfg.eta
         if n_steps is not None:
             steps = n_steps[b.valid.any(-1)].double()
             metrics["prl/steps_per_response/mean"] = float(steps.mean()) if steps.numel() else 0.0
-        _adv_metrics(metrics, adv, b.valid)
+        _adv_metrics(metrics, adv, b.m)
     return adv, adv
 
 
@@ -454,12 +461,12 @@ def compute_spro_advantage(
 
     # in place on tensors of this call: each fresh (B, L) buffer costs more than its arithmetic on CPU
     cpr = d.mul_(cfg.beta_s).cumsum_(-1).mul_(m)  # d is 0 off the mask
-    cpr_mean = masked_mean_std(cpr, b.valid)[0] if metrics is not None else 0.0
+    cpr_mean = masked_mean_std(cpr, m)[0] if metrics is not None else 0.0
     _, _, mean, std = group_position_stats(cpr, m, gid, b.num_groups, with_std=cfg.msa_norm == "std")
     msa = cpr.sub_(mean[gid]).mul_(m)  # a lone response at t: the mean is its own CPR, so MSA is exactly 0
     if std is not None:
         msa.div_(std[gid] + cfg.eps)
-    msa_stats = masked_mean_std(msa, b.valid) if metrics is not None else (0.0, 0.0)
+    msa_stats = masked_mean_std(msa, m) if metrics is not None else (0.0, 0.0)
     a_out, _ = outcome_advantage(b.R[:, None], m, None, norm_by_std=norm_by_std, eps=cfg.eps,
                                  groups=(gid, b.num_groups))
     adv = msa.add_(a_out[:, None]).mul_(m)  # A = (MSA + A_out) m
@@ -467,7 +474,7 @@ def compute_spro_advantage(
     if metrics is not None:
         metrics["spro/msa/mean"], metrics["spro/msa/std"] = msa_stats
         metrics["spro/cpr/mean"] = cpr_mean
-        _adv_metrics(metrics, adv, b.valid)
+        _adv_metrics(metrics, adv, b.m)
     return adv, adv
 
 
@@ -525,23 +532,29 @@ def compute_pure_advantage(
     b = _batch("pure", token_level_rewards, response_mask, index)
     p = _checked(b, "prm_scores", prm_scores, _PRM_HINT, within=(0.0, 1.0))
     seg = _step_ids(b, segment_ids, _PRM_HINT)
-    m, gid, G = b.m, b.gid, b.num_groups
-    B, L = m.shape
+    valid, gid, G = b.valid, b.gid, b.num_groups
+    B, L = valid.shape
     if L == 0:
-        return m.clone(), m.clone()
+        return b.m.clone(), b.m.clone()
 
     # steps as (B, S) tables: token count n_{i,s}, last valid token e_{i,s}, probability p_{i,s} (read at e_{i,s},
-    # where the PRM reads it); the ids are shifted by one so that column 0 collects the tokens off the mask
+    # where the PRM reads it); column 0 of the flat (B, S + 1) table collects the tokens off the mask
     S = max(int(seg.max()) + 1, 1)
-    col = (seg + 1).long()  # one int64 index for the three index ops (each would widen an int32 index itself)
-    pos = torch.arange(L, device=m.device).expand(B, L)
-    n = m.new_zeros(B, S + 1).scatter_add(1, col, m)[:, 1:]
-    e = torch.full((B, S + 1), -1, device=m.device).scatter_reduce(1, col, pos, reduce="amax")[:, 1:]
+    flat = segment_table_index(seg, S + 1)
+    n = torch.bincount(flat.view(-1), minlength=B * (S + 1)).view(B, S + 1)[:, 1:]
+    # ids are non-decreasing along the response, so e_{i,s} is the (n_{i,0} + ... + n_{i,s})-th valid token: the
+    # first position whose running count of valid tokens reaches that sum
+    valid_count = valid.cumsum(-1, dtype=torch.int32)
+    e = torch.searchsorted(valid_count, n.cumsum(-1).to(torch.int32))
     is_step = n > 0
+    steps = torch.arange(S, device=valid.device)
+    if bool(((seg.gather(1, e) != steps) & is_step).any()):
+        raise ValueError("pure: segment_ids must be non-decreasing along each response (0, .., 0, 1, .., 1, ...)")
     last = torch.where(is_step, e, -1).amax(-1)  # the response's last valid token, -1 for an empty response
     e = torch.where(is_step, e, last.clamp(min=0)[:, None])  # a missing step points at the last token: harmless
     p_step = p.gather(1, e)
     num_steps = is_step.sum(-1)
+    tokens = n.sum(-1).float()  # L_i, the response's valid tokens
 
     r = 2 * p_step - 1
     if cfg.weighting == "min_form":
@@ -553,7 +566,7 @@ def compute_pure_advantage(
 
     others = group_sum(torch.ones_like(PR), gid, G)[gid] - 1
     if cfg.baseline == "token":
-        others_tokens = _leave_one_out_sum(m.sum(-1), gid, G)
+        others_tokens = _leave_one_out_sum(tokens, gid, G)
         b_i = torch.where(others_tokens > 0, _leave_one_out_sum(PR, gid, G) / others_tokens.clamp(min=1), 0.0)
         q_adj = q - b_i[:, None] * n
     else:
@@ -567,27 +580,27 @@ def compute_pure_advantage(
                        n_single)
 
     # rewards at the step ends: q'_{i,s} at e_{i,s}, vr_coef * v_i at the last valid token (the end of the last step)
-    last_step = torch.where(is_step, torch.arange(S, device=m.device), -1).amax(-1)
+    last_step = torch.where(is_step, steps, -1).amax(-1)
     reward = (q_adj * is_step).scatter_add_(1, last_step.clamp(min=0)[:, None],
                                             (cfg.vr_coef * v * (last_step >= 0))[:, None])
     # return to go: a token of step s sees the rewards at e_{i,s'} for s' >= s (ids are non-decreasing along the
-    # response), so A is constant within a step; per-step sums, then one gather to tokens (0 off the mask)
+    # response), so A is constant within a step; per-step sums, then read at every token (0 off the mask)
     rtg = reward.flip(-1).cumsum(-1).flip(-1)
-    adv = torch.cat([rtg.new_zeros(B, 1), rtg], dim=1).gather(1, col)
+    adv = torch.cat([rtg.new_zeros(B, 1), rtg], dim=1).view(-1).index_select(0, flat.view(-1)).view(B, L)
     if cfg.mask_separator:
         adv.scatter_(1, e, 0.0)  # every step end e_{i,s}, the last valid token included
     if cfg.whiten:
-        n_valid = m.sum().clamp(min=1)
-        dev = adv.sub_(adv.sum() / n_valid).mul_(m)  # A - mean on valid tokens (adv is 0 off the mask)
+        n_valid = tokens.sum().clamp(min=1)
+        dev = adv.sub_(adv.sum() / n_valid).mul_(b.m)  # A - mean on valid tokens (adv is 0 off the mask)
         adv = dev.div_((torch.linalg.vector_norm(dev) ** 2 / n_valid).clamp(min=1e-8).sqrt())
 
     if metrics is not None:
         nonempty = num_steps > 0
         metrics["pure/soft_min_reward/mean"] = float(PR[nonempty].double().mean()) if bool(nonempty.any()) else 0.0
         metrics["pure/baseline/mean"] = float(b_i.double().mean()) if b_i.numel() else 0.0
-        steps = num_steps[nonempty].double()
+        counts = num_steps[nonempty].double()
         for stat in ("mean", "min", "max"):
-            metrics[f"pure/steps_per_response/{stat}"] = float(getattr(steps, stat)()) if steps.numel() else 0.0
+            metrics[f"pure/steps_per_response/{stat}"] = float(getattr(counts, stat)()) if counts.numel() else 0.0
         metrics["pure/singleton_groups"] = float(n_single)
-        _adv_metrics(metrics, adv, b.valid)
+        _adv_metrics(metrics, adv, b.m)
     return adv, adv

@@ -204,16 +204,20 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[
         n = sum m,   mean = sum x m / n,   std = sqrt( sum m (x - mean)^2 / (n - 1) )      (two passes)
 
     Each row (last dim) is summed in ``x``'s dtype and the row sums in float64: no (B, L) float64 copy, no gather of
-    the valid values. Values off the mask are ignored (NaN included). ``mask``: 0/1 or bool, like ``x``.
+    the valid values. ``x`` must be finite everywhere (a NaN off the mask would survive the product; the estimators
+    pass checked tensors). ``mask``: 0/1 or bool; multiplying by a float mask is ~3x cheaper on CPU than a bool
+    ``where``, so the estimators pass their float mask.
     """
-    valid = torch.ones_like(x, dtype=torch.bool) if mask is None else valid_mask(mask)
-    n = int(torch.count_nonzero(valid))  # a bool .sum() converts to int64 first: several times slower on CPU
+    if mask is None:
+        mask = torch.ones_like(x)
+    m = mask if mask.dtype == x.dtype else mask.to(x.dtype)
+    n = int(torch.count_nonzero(m))
     if n == 0:
         return 0.0, 0.0
-    xm = torch.where(valid, x, 0.0)
+    xm = x * m
     mean = float(xm.sum(-1).double().sum()) / n
     if n < 2:
         return mean, 0.0
-    dev = torch.where(valid, xm.sub_(mean), 0.0)  # (x - mean) m; where, not masked_fill_: ~2x faster on CPU
+    dev = xm.sub_(mean).mul_(m)  # (x - mean) m, in xm's buffer
     var = float(torch.linalg.vector_norm(dev, dim=-1).double().square().sum()) / (n - 1.0)
     return mean, var**0.5

@@ -31,7 +31,7 @@ import torch
 from verl_prpo.ops import check_finite, valid_mask
 
 __all__ = ["Segmentation", "STRATEGIES", "segment", "build_newline_token_mask", "broadcast_segment_scores",
-           "response_lengths", "segmentation_from_ids"]
+           "response_lengths", "segmentation_from_ids", "segment_table_index"]
 
 STRATEGIES: tuple[str, ...] = ("entropy", "uniform", "random", "newline", "fixed")
 CUT_RULES: tuple[str, ...] = ("greedy", "released")
@@ -77,7 +77,7 @@ def _from_starts(starts: torch.Tensor, mask: torch.Tensor) -> Segmentation:
     start at or past L_i): the id of a valid token is the number of starts at or before it, minus 1."""
     count = starts.cumsum(dim=-1, dtype=torch.int32)  # starts at or before t (a bool cumsum into int64 is slower)
     num_segments = count[:, -1].long()
-    ids = torch.where(mask, count.sub_(1), -1)  # count - 1 on valid tokens, -1 elsewhere
+    ids = count.mul_(mask).sub_(1)  # count - 1 on valid tokens, -1 elsewhere, in count's buffer
     return Segmentation(segment_ids=ids, starts=starts, num_segments=num_segments)
 
 
@@ -85,7 +85,7 @@ def _starts_from_cuts(cuts: torch.Tensor, ok: torch.Tensor, mask: torch.Tensor) 
     """(B, L) bool start map from (B, k) cut positions (each >= 1 and < L_i where ``ok``), plus position 0."""
     starts = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
     starts.scatter_(1, torch.where(ok, cuts, 0), ok)  # a missing cut writes False at 0, which is set below
-    starts[:, 0] = mask.any(dim=-1)
+    starts[:, 0] = mask.amax(dim=-1)  # any valid token (a bool any(dim) is ~4x slower on CPU)
     return starts
 
 
@@ -122,9 +122,10 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     """
     B, L = priority.shape
     pos = torch.arange(L, device=priority.device)
-    width = -(-L // _BLOCK) * _BLOCK  # padded to whole blocks with ineligible positions
-    work = priority.new_full((B, width), float("-inf"), dtype=torch.float32)
-    work[:, :L] = torch.where(mask & (pos >= m), priority, float("-inf"))
+    work = torch.where(mask & (pos >= m), priority.float(), float("-inf"))  # -inf: not eligible
+    width = -(-L // _BLOCK) * _BLOCK
+    if width > L:  # pad to whole blocks with ineligible positions
+        work = torch.nn.functional.pad(work, (0, width - L), value=float("-inf"))
     window = torch.arange(-(m - 1), m, device=priority.device)  # a pick at c makes (c - m, c + m) ineligible
     cuts, oks = [], []
     for _ in range(k):
@@ -299,6 +300,20 @@ def _forward_fill(x: torch.Tensor) -> torch.Tensor:
     return x.cummax(dim=-1).values
 
 
+def segment_table_index(segment_ids: torch.Tensor, num_columns: int) -> torch.Tensor:
+    """Flat index of every token's entry in a row-major (B, num_columns) per-segment table whose column 0 stands for
+    id -1: ``flat_{i,t} = i * num_columns + segment_ids_{i,t} + 1``, ``(B, L)`` int32 (int64 past 2**31 entries).
+
+    ``table.view(-1).index_select(0, flat.view(-1))`` reads the table at every token, ``bincount(flat)`` counts the
+    tokens of each segment: with a flat int32 index both are several times cheaper on CPU than ``gather`` /
+    ``scatter_add`` along dim 1, which need a (B, L) int64 index (about 15 ms of page faults alone at 1024 x 4096).
+    """
+    B = segment_ids.shape[0]
+    index_dtype = torch.int32 if B * num_columns < 2**31 else torch.long
+    row_start = torch.arange(B, device=segment_ids.device, dtype=index_dtype)[:, None] * num_columns
+    return (segment_ids.to(index_dtype) + 1).add_(row_start)
+
+
 def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
     """Give every token the score of its segment: ``out_{i,t} = scores_{i, segment_ids_{i,t}}``, 0 where the id is -1.
 
@@ -321,11 +336,7 @@ def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) ->
         if hi >= S or lo < -1:
             raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{lo}, {hi}]")
     padded = torch.cat([scores.new_zeros(B, 1), scores], dim=1)  # column 0: the 0 of id -1
-    # one flat int32 index into the (B, S + 1) table and index_select: gather (or any (B, L) int64 temporary) costs
-    # several times more on CPU at 1024 x 4096
-    index_dtype = torch.int32 if B * (S + 1) < 2**31 else torch.long
-    row_start = torch.arange(B, device=seg.device, dtype=index_dtype)[:, None] * (S + 1)
-    flat = (seg.to(index_dtype) + 1).add_(row_start)
+    flat = segment_table_index(seg, S + 1)
     return padded.view(-1).index_select(0, flat.view(-1)).view(seg.shape)
 
 
