@@ -226,5 +226,7 @@ def test_masked_mean_std():
     mean, std = ops.masked_mean_std(x, mask)
     assert mean == pytest.approx(2.0) and std == pytest.approx(1.0)
     assert ops.masked_mean_std(x, torch.zeros(2, 3)) == (0.0, 0.0)
+    assert ops.masked_mean(x, mask) == pytest.approx(2.0) and ops.masked_mean(x, torch.zeros(2, 3)) == 0.0
+    assert ops.masked_mean(x, mask.bool()) == pytest.approx(2.0)
     assert ops.masked_mean_std(torch.tensor([[5.0]]), torch.ones(1, 1)) == (5.0, 0.0)
     assert math.isfinite(ops.masked_mean_std(torch.randn(3, 4))[1])

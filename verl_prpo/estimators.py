@@ -31,6 +31,7 @@ from verl_prpo.ops import (
     group_mean_std,
     group_position_stats,
     group_sum,
+    masked_mean,
     masked_mean_std,
     masked_suffix_sum,
     outcome_advantage,
@@ -222,7 +223,7 @@ def compute_prpo_advantage(
     if metrics is not None:
         p_mean, p_std = masked_mean_std(p, b.m)
         # fixed: z is p shifted and scaled, so is its mean
-        z_mean = (p_mean - cfg.mu) / cfg.sigma if cfg.normalization == "fixed" else masked_mean_std(z, b.m)[0]
+        z_mean = (p_mean - cfg.mu) / cfg.sigma if cfg.normalization == "fixed" else masked_mean(z, b.m)
     adv = (z.add_(beta[:, None]) if cfg.outcome_shift else z).mul_(b.m)  # A = (z + beta) m, in z's buffer
 
     if metrics is not None:
@@ -461,7 +462,7 @@ def compute_spro_advantage(
 
     # in place on tensors of this call: each fresh (B, L) buffer costs more than its arithmetic on CPU
     cpr = d.mul_(cfg.beta_s).cumsum_(-1).mul_(m)  # d is 0 off the mask
-    cpr_mean = masked_mean_std(cpr, m)[0] if metrics is not None else 0.0
+    cpr_mean = masked_mean(cpr, m) if metrics is not None else 0.0
     _, _, mean, std = group_position_stats(cpr, m, gid, b.num_groups, with_std=cfg.msa_norm == "std")
     msa = cpr.sub_(mean[gid]).mul_(m)  # a lone response at t: the mean is its own CPR, so MSA is exactly 0
     if std is not None:

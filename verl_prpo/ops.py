@@ -24,6 +24,7 @@ __all__ = [
     "group_position_stats",
     "check_finite",
     "valid_mask",
+    "masked_mean",
     "masked_mean_std",
 ]
 
@@ -196,6 +197,13 @@ def group_position_stats(
         var = group_sum(dev**2, gid, num_groups) / (count - 1.0).clamp(min=1.0)
         std = torch.where(count >= 2.0, var.sqrt(), 0.0)
     return total, count, mean, std
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of ``x`` over ``mask`` as a Python float (0.0 when empty): the first pass of ``masked_mean_std``."""
+    m = mask if mask.dtype == x.dtype else mask.to(x.dtype)
+    n = int(torch.count_nonzero(m))
+    return float((x * m).sum(-1).double().sum()) / n if n else 0.0
 
 
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
