@@ -183,9 +183,23 @@ def check_entropy_against_reference(mask, k, m, levels, seed):
     check_consistent(seg, mask)
 
 
+def test_first_argmax_matches_torch_argmax():
+    from verl_prpo.segmentation import _first_argmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (40, 5 * 64), generator=g).float()  # many ties, within and across blocks
+    x[3] = float("-inf")  # a row with nothing eligible
+    x[4, :100] = float("-inf")
+    x[5] = 1.0
+    x[5, 200] = 2.0
+    pos, value = _first_argmax(x)
+    assert pos.tolist() == x.argmax(dim=-1).tolist()  # argmax returns the first maximum
+    assert value.tolist() == x.amax(dim=-1).tolist()
+
+
 def test_greedy_ties_across_blocks_after_a_pick():
-    # blocks of 64: picks 70 and 130 (3.0, the earlier first; each pick must refresh its block's maximum), then 2.0
-    # at 20 (block 0) or 140 (block 2): the earlier, 20
+    # blocks of 64: picks 70 and 130 (3.0, the earlier first; after a pick its block's maximum must be the new one),
+    # then 2.0 at 20 (block 0) or 140 (block 2): the earlier, 20
     ent = torch.zeros(1, 256)
     ent[0, 70] = ent[0, 130] = 3.0
     ent[0, 20] = ent[0, 140] = 2.0
