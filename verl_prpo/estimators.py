@@ -522,7 +522,8 @@ def compute_pure_advantage(
         config: verl's ``algorithm`` node (options under ``algorithm.pure``, ``PUREConfig``).
         prm_scores: ``(B, L)`` p in [0, 1] per token, each step's probability on its tokens as the trainer broadcasts
             it (required); p_{i,s} is read at the step's last valid token e_{i,s}.
-        segment_ids: ``(B, L)`` int32 or int64 step ids, non-decreasing along the response, -1 outside the mask (required).
+        segment_ids: ``(B, L)`` int32 or int64 step ids, -1 outside the mask (required); non-decreasing along the
+            response (a ``ValueError`` where a step's last valid token does not carry the step's id).
         metrics: dict receiving ``pure/soft_min_reward/mean`` (PR over non-empty responses), ``pure/baseline/mean``,
             ``pure/steps_per_response/{mean,min,max}``, ``pure/singleton_groups``, ``adv/mean``, ``adv/std``.
 
