@@ -122,7 +122,7 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     """
     B, L = priority.shape
     pos = torch.arange(L, device=priority.device)
-    work = torch.where(mask & (pos >= m), priority.float(), float("-inf"))  # -inf: not eligible
+    work = torch.where(mask & (pos >= m), priority, float("-inf"))  # -inf: not eligible
     width = -(-L // _BLOCK) * _BLOCK
     if width > L:  # pad to whole blocks with ineligible positions
         work = torch.nn.functional.pad(work, (0, width - L), value=float("-inf"))
