@@ -230,3 +230,19 @@ def test_masked_mean_std():
     assert ops.masked_mean(x, mask.bool()) == pytest.approx(2.0)
     assert ops.masked_mean_std(torch.tensor([[5.0]]), torch.ones(1, 1)) == (5.0, 0.0)
     assert math.isfinite(ops.masked_mean_std(torch.randn(3, 4))[1])
+
+
+def test_masked_mean_std_matches_float64_on_random_masks_and_offsets():
+    """Two passes keep the std exact to float32 rounding even when the mean dwarfs the spread (a one-pass
+    sum-of-squares formula loses every digit here: offset**2 / var = 1e12)."""
+    gen = torch.Generator().manual_seed(3)
+    for offset in (0.0, 1e3):
+        x = offset + 1e-3 * torch.randn(37, 129, generator=gen)
+        mask = torch.rand(37, 129, generator=gen) < 0.6
+        ref = x.double()[mask]
+        for m in (mask, mask.float(), mask.long()):
+            mean, std = ops.masked_mean_std(x, m)
+            assert mean == pytest.approx(float(ref.mean()), rel=1e-6)
+            assert std == pytest.approx(float(ref.std()), rel=1e-3)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ops.masked_mean_std(torch.ones(2, 2, dtype=torch.bfloat16), torch.ones(2, 2))

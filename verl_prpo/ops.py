@@ -200,9 +200,15 @@ def group_position_stats(
 
 
 def _float_mask(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """``mask`` (0/1, bool or None = all) in ``x``'s dtype, and the number of valid entries."""
+    """``mask`` (0/1, bool or None = all) in ``x``'s dtype, and the number of valid entries.
+
+    The count is the sum of the row sums, exact for float32 rows shorter than 2**24 (``count_nonzero`` of a float
+    tensor is about 8x slower on CPU).
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"masked statistics take float32 or float64 values, got {x.dtype}")
     m = torch.ones_like(x) if mask is None else mask if mask.dtype == x.dtype else mask.to(x.dtype)
-    return m, int(torch.count_nonzero(m))
+    return m, int(m.sum(-1).double().sum())
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -228,6 +234,6 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[
     mean = float(xm.sum(-1).double().sum()) / n
     if n < 2:
         return mean, 0.0
-    dev = xm.sub_(mean).mul_(m)  # (x - mean) m, in xm's buffer
+    dev = xm.sub_(m, alpha=mean)  # (x - mean) m = x m - mean m (m is 0/1), in xm's buffer
     var = float(torch.linalg.vector_norm(dev, dim=-1).double().square().sum()) / (n - 1.0)
     return mean, var**0.5
