@@ -246,3 +246,16 @@ def test_masked_mean_std_matches_float64_on_random_masks_and_offsets():
             assert std == pytest.approx(float(ref.std()), rel=1e-3)
     with pytest.raises(TypeError, match="float32 or float64"):
         ops.masked_mean_std(torch.ones(2, 2, dtype=torch.bfloat16), torch.ones(2, 2))
+
+
+def test_masked_stats_zero_off_mask_skip_the_product_only():
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.rand(9, 33, generator=gen) < 0.5
+    x = torch.randn(9, 33, generator=gen) * mask
+    before = x.clone()
+    assert ops.masked_mean_std(x, mask.float(), zero_off_mask=True) == pytest.approx(ops.masked_mean_std(x, mask))
+    assert ops.masked_mean(x, mask, zero_off_mask=True) == pytest.approx(ops.masked_mean(x, mask))
+    assert torch.equal(x, before)  # the caller's tensor is read, not written
+    # the flag is a promise: with values off the mask it would count them (documented, not checked)
+    y = x + (~mask) * 100.0
+    assert ops.masked_mean(y, mask, zero_off_mask=True) != pytest.approx(ops.masked_mean(y, mask))
