@@ -3,7 +3,8 @@
 Each version is a directory holding a ``verl_prpo`` package (a ``git worktree`` of an older commit, or this checkout);
 it is put first on ``PYTHONPATH`` for its runs. For run 1..``--runs``, for each version, for ``--no-metrics`` and
 then metrics on, the benchmark runs once with glibc's defaults and once with the heap kept mapped
-(``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_``; see ``bench_advantages.py``). The raw outputs go to
+(``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_``; see ``bench_advantages.py``); ``--allocators`` adds
+``thp`` (PyTorch's ``THP_MEM_ALLOC_ENABLE=1``: transparent huge pages for large CPU buffers). The raw outputs go to
 ``--out``; the printed Markdown tables give, per cell, the median over the runs of the ratio to grpo (with the range)
 and the median time.
 
@@ -23,7 +24,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).with_name("bench_advantages.py")
 ESTIMATORS = ("grpo", "prpo", "prm_avg", "prl", "spro", "pure")
-ALLOCATORS = {"glibc": {}, "kept": {"MALLOC_TRIM_THRESHOLD_": "4294967296", "MALLOC_MMAP_THRESHOLD_": "33554432"}}
+ALLOCATORS = {"glibc": {}, "kept": {"MALLOC_TRIM_THRESHOLD_": "4294967296", "MALLOC_MMAP_THRESHOLD_": "33554432"},
+              "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}  # thp: PyTorch's own switch for huge pages on large CPU buffers
+ALLOCATOR_LABELS = {"glibc": "glibc", "kept": "heap kept", "thp": "THP"}
 ROW = re.compile(r"\| (\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
 
 
@@ -32,9 +35,9 @@ def parse(text: str) -> dict[str, tuple[float, float]]:
     return {m.group(1): (float(m.group(2)), float(m.group(3))) for m in map(ROW.match, text.splitlines()) if m}
 
 
-def table(results: dict, versions: list[str], mode: str, title: str) -> str:
-    cols = [(v, a) for a in ALLOCATORS for v in versions]
-    lines = [f"| {title} | " + " | ".join(f"{v}, {'glibc' if a == 'glibc' else 'heap kept'}" for v, a in cols) + " |",
+def table(results: dict, versions: list[str], mode: str, title: str, allocators=("glibc", "kept")) -> str:
+    cols = [(v, a) for a in allocators for v in versions]
+    lines = [f"| {title} | " + " | ".join(f"{v}, {ALLOCATOR_LABELS[a]}" for v, a in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for est in ESTIMATORS:
         cells = []
@@ -58,10 +61,15 @@ def main() -> None:
     ap.add_argument("versions", nargs="+", help="label=DIR, a directory holding verl_prpo")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", default="/tmp/verl_prpo_compare_advantages")
+    ap.add_argument("--allocators", default="glibc,kept",
+                    help=f"comma-separated, from {list(ALLOCATORS)} (thp: THP_MEM_ALLOC_ENABLE=1 over glibc's defaults)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # after --: passed to bench_advantages.py
     args = ap.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
     versions = dict(v.split("=", 1) for v in args.versions)
+    allocators = args.allocators.split(",")
+    if unknown := set(allocators) - set(ALLOCATORS):
+        raise SystemExit(f"unknown allocator(s) {sorted(unknown)}; expected some of {list(ALLOCATORS)}")
     for label, path in versions.items():
         if not (Path(path) / "verl_prpo").is_dir():
             raise SystemExit(f"{label}={path}: no verl_prpo package there")
@@ -71,9 +79,10 @@ def main() -> None:
     for run in range(1, args.runs + 1):
         for label, path in versions.items():
             for mode in ("nm", "m"):
-                for alloc, env_vars in ALLOCATORS.items():
+                for alloc in allocators:
+                    env_vars = ALLOCATORS[alloc]
                     env = {**os.environ, **env_vars, "PYTHONPATH": str(Path(path).resolve())}
-                    for k in set(ALLOCATORS["kept"]) - set(env_vars):
+                    for k in {k for v in ALLOCATORS.values() for k in v} - set(env_vars):
                         env.pop(k, None)
                     cmd = [sys.executable, str(BENCH), "--threads", "1", *(["--no-metrics"] if mode == "nm" else []),
                            *extra]
@@ -82,9 +91,9 @@ def main() -> None:
                     results.setdefault((label, alloc, mode), []).append(parse(text))
                     print(f"run {run}: {label}, {alloc}, {'metrics on' if mode == 'm' else 'no metrics'}", flush=True)
     print()
-    print(table(results, list(versions), "m", "metrics on (as in training)"))
+    print(table(results, list(versions), "m", "metrics on (as in training)", allocators))
     print()
-    print(table(results, list(versions), "nm", "`--no-metrics`"))
+    print(table(results, list(versions), "nm", "`--no-metrics`", allocators))
 
 
 if __name__ == "__main__":

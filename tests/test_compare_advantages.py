@@ -29,3 +29,10 @@ def test_parse_and_table():
     assert lines[2] == "| grpo | 20.0 ms | - |"
     assert lines[3] == "| prpo | 3.00 (1.50-4.00), 50 ms | - |"  # median ratio, range, median time
     assert lines[4] == "| prm_avg | - | - |"
+
+
+def test_table_columns_follow_the_allocators():
+    run = compare.parse(OUTPUT.format(g=20.0, p=60.0, r=3.0))
+    text = compare.table({("now", "thp", "m"): [run]}, ["now"], "m", "metrics on", ("thp",))
+    assert text.splitlines()[0] == "| metrics on | now, THP |"
+    assert text.splitlines()[3] == "| prpo | 3.00 (3.00-3.00), 60 ms |"
