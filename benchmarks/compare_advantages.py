@@ -27,6 +27,7 @@ ESTIMATORS = ("grpo", "prpo", "prm_avg", "prl", "spro", "pure")
 ALLOCATORS = {"glibc": {}, "kept": {"MALLOC_TRIM_THRESHOLD_": "4294967296", "MALLOC_MMAP_THRESHOLD_": "33554432"},
               "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}  # thp: PyTorch's own switch for huge pages on large CPU buffers
 ALLOCATOR_LABELS = {"glibc": "glibc", "kept": "heap kept", "thp": "THP"}
+ALLOCATOR_VARS = {k for env in ALLOCATORS.values() for k in env}  # unset unless the allocator under test sets them
 ROW = re.compile(r"\| (\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
 
 
@@ -82,7 +83,7 @@ def main() -> None:
                 for alloc in allocators:
                     env_vars = ALLOCATORS[alloc]
                     env = {**os.environ, **env_vars, "PYTHONPATH": str(Path(path).resolve())}
-                    for k in {k for v in ALLOCATORS.values() for k in v} - set(env_vars):
+                    for k in ALLOCATOR_VARS - set(env_vars):
                         env.pop(k, None)
                     cmd = [sys.executable, str(BENCH), "--threads", "1", *(["--no-metrics"] if mode == "nm" else []),
                            *extra]

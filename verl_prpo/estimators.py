@@ -27,6 +27,7 @@ import torch
 from verl_prpo.config import from_algorithm_config
 from verl_prpo.ops import (
     check_finite,
+    count_valid,
     group_ids,
     group_mean_std,
     group_position_stats,
@@ -234,7 +235,7 @@ def compute_prpo_advantage(
             nonempty = counts[counts > 0]
             for stat in ("mean", "min", "max"):
                 metrics[f"prpo/segments_per_response/{stat}"] = float(getattr(nonempty, stat)()) if len(nonempty) else 0.0
-            n_valid = float(b.m.sum(-1).double().sum())  # exact: row sums of 0/1
+            n_valid = float(count_valid(b.m))
             metrics["prpo/segment_length/mean"] = n_valid / float(counts.sum()) if counts.sum() else 0.0
         metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = p_mean, p_std
         metrics["prpo/abs_beta/mean"] = float(beta.abs().double().mean()) if beta.numel() else 0.0

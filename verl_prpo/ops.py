@@ -24,6 +24,7 @@ __all__ = [
     "group_position_stats",
     "check_finite",
     "valid_mask",
+    "count_valid",
     "masked_mean",
     "masked_mean_std",
 ]
@@ -199,16 +200,18 @@ def group_position_stats(
     return total, count, mean, std
 
 
-def _float_mask(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """``mask`` (0/1, bool or None = all) in ``x``'s dtype, and the number of valid entries.
+def count_valid(m: torch.Tensor) -> int:
+    """Number of ones in a float32/float64 0/1 mask: the float64 total of its row sums, exact for rows shorter than
+    2**24 (``count_nonzero`` of a float tensor is about 8x slower on CPU)."""
+    return int(m.sum(-1).double().sum())
 
-    The count is the sum of the row sums, exact for float32 rows shorter than 2**24 (``count_nonzero`` of a float
-    tensor is about 8x slower on CPU).
-    """
+
+def _float_mask(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """``mask`` (0/1, bool or None = all) in ``x``'s dtype, and the number of valid entries (``count_valid``)."""
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"masked statistics take float32 or float64 values, got {x.dtype}")
     m = torch.ones_like(x) if mask is None else mask if mask.dtype == x.dtype else mask.to(x.dtype)
-    return m, int(m.sum(-1).double().sum())
+    return m, count_valid(m)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, *, zero_off_mask: bool = False) -> float:
