@@ -17,6 +17,7 @@ It is meant for tiny models on CPU (tests, CI, the quickstart) and as a last-res
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -25,6 +26,8 @@ from typing import Any, Generator, Optional
 
 import ray
 import torch
+
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
@@ -56,10 +59,48 @@ class _Request:
     top_p: float
     top_k: int
     want_logprobs: bool
+    seed: int
     future: asyncio.Future = field(repr=False)
 
     def sampling_key(self) -> tuple:
         return (self.temperature, self.top_p, self.top_k, self.want_logprobs)
+
+
+def request_seed(base_seed: int, weights_version: int, prompt_ids: list[int], occurrence: int) -> int:
+    """The sampling seed of the ``occurrence``-th request for ``prompt_ids`` under one weights version: a stable
+    hash (not Python's salted ``hash``), so a run's samples are the same in every process and on every machine."""
+    key = f"{base_seed}:{weights_version}:{occurrence}:{','.join(map(str, prompt_ids))}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+class SeededSampling(LogitsProcessor):
+    """Sampling in which each row draws from its own ``torch.Generator``: temperature, top-k and top-p, then the
+    Gumbel-max trick, argmax_v (log p_v - log E_v) with E_v ~ Exp(1), an exact draw from p. ``generate`` runs greedy
+    on the returned scores, so a row's tokens depend on its prompt and seed only, not on which requests share its
+    batch or the order they arrived in (with the global RNG, every run of the same config differed).
+
+    scores: (B, V) logits of the next token; returns (B, V) with -inf outside the top-k / top-p support."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int = 0, top_p: float = 1.0):
+        if temperature <= 0:
+            raise ValueError("SeededSampling needs temperature > 0 (greedy decoding draws nothing)")
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        vocab = scores.shape[-1]
+        if 0 < self.top_k < vocab:
+            kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            # keep the most likely tokens until their mass reaches top_p (at least one token)
+            ranked, order = scores.sort(dim=-1, descending=True)
+            p = ranked.softmax(-1)
+            drop_ranked = p.cumsum(-1) - p >= self.top_p
+            scores = scores.masked_fill(drop_ranked.scatter(-1, order, drop_ranked), float("-inf"))
+        noise = torch.stack([torch.empty(vocab).exponential_(generator=g) for g in self.generators])
+        return scores.log_softmax(-1) - noise.log()
 
 
 class HFRolloutServer:
@@ -87,6 +128,11 @@ class HFRolloutServer:
         self.max_batch = int(_cfg(config, "max_num_seqs", 256) or 256)
         self.global_steps: int | None = None
         self.weights_version = 0
+        # sampling seeds: verl's rollout.seed (+ the replica's rank, as verl's vLLM server does); requests for the
+        # same prompt under one weights version are told apart by their arrival count (the n samples of a group
+        # are exchangeable, so which request gets which draw does not matter)
+        self.seed = int(_cfg(config, "seed", 42) or 0) + int(replica_rank)
+        self._arrivals: dict[tuple[int, ...], int] = {}
         self._queue: list[_Request] = []
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -120,6 +166,9 @@ class HFRolloutServer:
             max_tokens = min(self.response_length, self.prompt_length + self.response_length - len(prompt_ids))
         max_tokens = max(1, min(int(max_tokens), max_possible))
         top_k = params.get("top_k", -1)
+        key = tuple(prompt_ids)
+        occurrence = self._arrivals.get(key, 0)
+        self._arrivals[key] = occurrence + 1
         req = _Request(
             prompt_ids=prompt_ids,
             max_tokens=max_tokens,
@@ -127,6 +176,7 @@ class HFRolloutServer:
             top_p=float(params.get("top_p", 1.0) or 1.0),
             top_k=int(top_k) if top_k is not None and int(top_k) > 0 else 0,
             want_logprobs=bool(params.get("logprobs", False)),
+            seed=request_seed(self.seed, self.weights_version, prompt_ids, occurrence),
             future=asyncio.get_running_loop().create_future(),
         )
         self._ensure_loop()
@@ -192,16 +242,16 @@ class HFRolloutServer:
         do_sample = first.temperature > 0
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=max(r.max_tokens for r in batch),
-            do_sample=do_sample,
+            do_sample=False,  # greedy on seeded scores (SeededSampling) when sampling, on the logits otherwise
+            temperature=None, top_p=None, top_k=None,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
             output_logits=True,
         )
         if do_sample:
-            gen_kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=first.top_k)
-        else:
-            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+            gen_kwargs["logits_processor"] = LogitsProcessorList(
+                [SeededSampling([r.seed for r in batch], first.temperature, first.top_k, first.top_p)])
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, **gen_kwargs)
         new_tokens = out.sequences[:, width:]
         # log-probs of the sampled tokens under the temperature-scaled distribution (what verl's actor computes)
@@ -243,6 +293,7 @@ class HFRolloutServer:
                 target.copy_(tensor.to(target.dtype))
         if is_last:
             self.weights_version += 1
+            self._arrivals.clear()
             if global_steps is not None:
                 self.global_steps = global_steps
         return len(named_tensors)

@@ -85,6 +85,7 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
         "data.max_prompt_length=48",  # the longest testbed prompt is 33 tokens
         f"data.max_response_length={s.max_response_length}",
         f"data.seed={seed}",
+        f"actor_rollout_ref.rollout.seed={seed}",  # the CPU rollout samples from seeds derived from it
         f"actor_rollout_ref.model.path={tb.policy_dir}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={max(1, prompts_per_step // updates_per_step)}",
         # one micro batch per mini batch (responses); verl asserts that micro batches divide the mini batch
