@@ -6,7 +6,11 @@ ratio to ``grpo`` (``core_algos.compute_grpo_outcome_advantage``). ``prpo`` incl
 broadcast of per-segment PRM scores to tokens (the stand-in for the PRM's map back to tokens); ``prl`` includes its
 fixed segmentation; ``prm_avg``, ``spro`` and ``pure`` are the estimators alone (``pure`` reads the entropy segments
 as its steps). Every plugin estimator is called with a ``metrics`` dict, as ``prpo_sync`` calls it in a training step
-(``--no-metrics``: the advantages alone); verl's ``grpo`` computes no metrics of its own.
+(``--no-metrics``: the advantages alone); verl's ``grpo`` computes no metrics of its own. ``prpo_floor`` is the
+``prpo`` row's stage (same segmentation, broadcast and advantages, equal to the last bit) with only the method's own
+ops: no input checks, no metrics, the bool mask instead of a float copy. It is a lower bound for this stage, not an
+estimator. The last column counts the minor page faults of a timed call (``getrusage``): 4096 per 16 MiB buffer that
+the kernel has to map again.
 
 On CPU the figures depend on the allocator as much as on the code. With glibc's defaults, freeing more than 32 MiB at
 the top of the heap returns it to the kernel, so a call whose (B, L) buffers (16 MiB each in float32) exceed that
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 
@@ -75,6 +80,25 @@ def run_prpo(b: dict) -> torch.Tensor:
     return adv
 
 
+def run_prpo_floor(b: dict) -> torch.Tensor:
+    """``run_prpo`` without input checks and metrics (k=5, m=10 and ``PRPOConfig``'s defaults, as there): the spikes,
+    the ids, the broadcast and A = ((p - mu) / sigma + beta) m, each in the package's own form."""
+    from verl_prpo.config import PRPOConfig
+    from verl_prpo.ops import group_ids, outcome_advantage
+    from verl_prpo.segmentation import _from_starts, _greedy_spikes, _starts_from_cuts, segment_table_index
+
+    valid = b["response_mask"].bool()
+    cuts, ok = _greedy_spikes(b["entropy"], valid, 5, 10)
+    ids = _from_starts(_starts_from_cuts(cuts, ok, valid), valid).segment_ids
+    scores = b["segment_scores"]
+    table = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], dim=1)
+    p = table.view(-1).index_select(0, segment_table_index(ids, table.shape[1]).view(-1)).view(ids.shape)
+    R = b["token_level_rewards"].sum(-1)
+    _, beta = outcome_advantage(R[:, None], valid, None, groups=group_ids(b["index"]))
+    cfg = PRPOConfig()
+    return p.sub_(cfg.mu).div_(cfg.sigma).add_(beta[:, None]).mul_(valid)
+
+
 def run_prm_avg(b: dict) -> torch.Tensor:
     # the estimator alone: per-token PRM scores as the trainer hands them over (built once, outside the timing)
     return E.compute_prm_avg_advantage(
@@ -107,8 +131,14 @@ def run_grpo(b: dict) -> torch.Tensor:
     return core_algos.compute_grpo_outcome_advantage(b["token_level_rewards"], b["response_mask"], b["index"])[0]
 
 
-def measure(runs: dict, b: dict, repeats: int, clock=time.perf_counter) -> dict[str, list[float]]:
-    """Times in ms (``clock``: wall, or this thread's CPU time). Rounds interleave every estimator (grpo first in
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure(runs: dict, b: dict, repeats: int, clock=time.perf_counter, faults: dict | None = None
+            ) -> dict[str, list[float]]:
+    """Times in ms (``clock``: wall, or this thread's CPU time); ``faults`` (if given) receives each timed call's
+    minor page faults per estimator. Rounds interleave every estimator (grpo first in
     each round) so that a change of machine load hits all of them alike; one warm-up round is discarded.
 
     Each timed call follows an untimed call of the same function: glibc returns freed memory at the top of the heap
@@ -119,10 +149,12 @@ def measure(runs: dict, b: dict, repeats: int, clock=time.perf_counter) -> dict[
     for r in range(repeats + 1):
         for name, fn in runs.items():
             fn(b)  # settles the heap to this function's own pattern
-            t0 = clock()
+            f0, t0 = _minor_faults(), clock()
             fn(b)
             if r:
                 times[name].append((clock() - t0) * 1e3)
+                if faults is not None:
+                    faults.setdefault(name, []).append(_minor_faults() - f0)
     return times
 
 
@@ -145,20 +177,21 @@ def main() -> None:
     b["prm_scores"] = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
     b["segment_ids"] = seg.segment_ids
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
-            "pure": run_pure}
-    times = measure(runs, b, args.repeats, time.thread_time if args.cpu_time else time.perf_counter)
+            "pure": run_pure, "prpo_floor": run_prpo_floor}
+    faults: dict[str, list[int]] = {}
+    times = measure(runs, b, args.repeats, time.thread_time if args.cpu_time else time.perf_counter, faults)
     allocator = " ".join(f"{k}={os.environ[k]}" for k in _ALLOCATOR_ENV if k in os.environ) or "glibc defaults"
     print(f"batch {args.batch} x {args.length}, group {args.group}, CPU, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved rounds, {'thread CPU' if args.cpu_time else 'wall'} time, "
           f"metrics {'off' if args.no_metrics else 'on'}, "
           f"allocator: {allocator}\n")
-    print("| estimator | median ms | ratio of medians to grpo | median of per-round ratios |")
-    print("|---|---:|---:|---:|")
+    print("| estimator | median ms | ratio of medians to grpo | median of per-round ratios | page faults / call |")
+    print("|---|---:|---:|---:|---:|")
     g = times["grpo"]
     for name, ts in times.items():
         per_round = statistics.median(t / gr for t, gr in zip(ts, g))
         print(f"| {name} | {statistics.median(ts):.1f} | {statistics.median(ts) / statistics.median(g):.2f} | "
-              f"{per_round:.2f} |")
+              f"{per_round:.2f} | {statistics.median(faults[name]):.0f} |")
 
 
 if __name__ == "__main__":

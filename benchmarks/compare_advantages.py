@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).with_name("bench_advantages.py")
-ESTIMATORS = ("grpo", "prpo", "prm_avg", "prl", "spro", "pure")
+ESTIMATORS = ("grpo", "prpo", "prm_avg", "prl", "spro", "pure", "prpo_floor")  # prpo_floor: see bench_advantages
 ALLOCATORS = {"glibc": {}, "kept": {"MALLOC_TRIM_THRESHOLD_": "4294967296", "MALLOC_MMAP_THRESHOLD_": "33554432"},
               "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}  # thp: PyTorch's own switch for huge pages on large CPU buffers
 ALLOCATOR_LABELS = {"glibc": "glibc", "kept": "heap kept", "thp": "THP"}
@@ -90,7 +90,8 @@ def main() -> None:
                     text = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
                     (out / f"{label}-{alloc}_{mode}_{run}.txt").write_text(text)
                     results.setdefault((label, alloc, mode), []).append(parse(text))
-                    print(f"run {run}: {label}, {alloc}, {'metrics on' if mode == 'm' else 'no metrics'}", flush=True)
+                    print(f"run {run}: {label}, {alloc}, {'metrics on' if mode == 'm' else 'no metrics'}", file=sys.stderr,
+                          flush=True)  # progress, kept out of the tables on stdout
     print()
     print(table(results, list(versions), "m", "metrics on (as in training)", allocators))
     print()
