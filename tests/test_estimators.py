@@ -571,3 +571,16 @@ def test_import_verl_registers_all_four_names():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", sorted(FNS))
+def test_rewards_checked_through_their_row_sums(name):
+    # the estimators check R = sum_t rewards: a +inf and a -inf in one row sum to NaN, finite entries may overflow
+    b = make_batch([3, 2], ["a", "a"], [1.0, 0.0])
+    b["rewards"] = b["rewards"].clone()
+    b["rewards"][0, 0], b["rewards"][0, 1] = float("inf"), float("-inf")
+    with pytest.raises(ValueError, match=r"token_level_rewards has 2 NaN/inf value\(s\)"):
+        run(name, b)
+    b["rewards"][0, :2] = 3e38  # finite, but their sum is not in float32
+    with pytest.raises(ValueError, match="the per-response sum R overflows"):
+        run(name, b)

@@ -92,9 +92,9 @@ def _batch(name: str, token_level_rewards: torch.Tensor, response_mask: torch.Te
         raise ValueError(f"{name}: response_mask has shape {tuple(response_mask.shape)}, token_level_rewards "
                          f"{tuple(token_level_rewards.shape)}")
     rewards = token_level_rewards.detach().float()
-    check_finite("token_level_rewards", rewards)  # R is the unmasked row sum (as verl): every entry counts
-    R = rewards.sum(-1)
-    if not bool(torch.isfinite(R).all()):
+    R = rewards.sum(-1)  # the unmasked row sum (as verl): every entry counts
+    if not bool(torch.isfinite(R).all()):  # a NaN/inf entry makes its row's sum NaN/inf
+        check_finite("token_level_rewards", rewards)  # raises, naming the first bad entry
         raise ValueError("token_level_rewards: the per-response sum R overflows to inf")
     valid = valid_mask(response_mask.to(rewards.device))
     gid, num_groups = group_ids(index, expected_len=rewards.shape[0])
@@ -227,7 +227,7 @@ def compute_prpo_advantage(
         # fixed: z is p shifted and scaled, so is its mean; relative: z is (p - mean) m, 0 off the mask
         z_mean = ((p_mean - cfg.mu) / cfg.sigma if cfg.normalization == "fixed"
                   else masked_mean(z, b.m, zero_off_mask=True))
-    adv = (z.add_(beta[:, None]) if cfg.outcome_shift else z).mul_(b.m)  # A = (z + beta) m, in z's buffer
+    adv = (z.add_(beta[:, None]) if cfg.outcome_shift else z).mul_(b.valid)  # A = (z + beta) m, in z's buffer
 
     if metrics is not None:
         if segment_ids is not None:
