@@ -177,7 +177,12 @@ def main() -> None:
     b["prm_scores"] = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
     b["segment_ids"] = seg.segment_ids
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
-            "pure": run_pure, "prpo_floor": run_prpo_floor}
+            "pure": run_pure}
+    try:  # an older verl_prpo (compare_advantages.py) may lack the helpers the floor reuses
+        run_prpo_floor(make_batch(2, 16, 2))
+        runs["prpo_floor"] = run_prpo_floor
+    except ImportError:
+        pass
     faults: dict[str, list[int]] = {}
     times = measure(runs, b, args.repeats, time.thread_time if args.cpu_time else time.perf_counter, faults)
     allocator = " ".join(f"{k}={os.environ[k]}" for k in _ALLOCATOR_ENV if k in os.environ) or "glibc defaults"
