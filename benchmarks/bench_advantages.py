@@ -179,7 +179,7 @@ def main() -> None:
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
             "pure": run_pure}
     try:  # an older verl_prpo (compare_advantages.py) may lack the helpers the floor reuses
-        run_prpo_floor(make_batch(2, 16, 2))
+        from verl_prpo.segmentation import _from_starts, _greedy_spikes, _starts_from_cuts, segment_table_index  # noqa
         runs["prpo_floor"] = run_prpo_floor
     except ImportError:
         pass
