@@ -154,6 +154,7 @@ def test_normalize_answer():
 
 
 def test_math_verify_exception_falls_back_to_strings(monkeypatch):
+    """What a grading worker runs: math-verify raising is "not equal"; the string comparison still decides."""
     import verl_prpo.math_grading as mg
 
     def boom(*a, **k):
@@ -161,10 +162,9 @@ def test_math_verify_exception_falls_back_to_strings(monkeypatch):
 
     mg._math_verify()  # import it first, then break parse
     parse, verify, L, E, T = mg._MV
+    assert mg._math_verify_equal("0.5", "\\frac{1}{2}", 5)
     monkeypatch.setattr(mg, "_MV", (boom, verify, L, E, T))
-    assert is_equivalent("\\frac{1}{2}", "\\frac{1}{2}")  # string fast path
-    assert is_equivalent("\\frac{1}{2}", " \\dfrac{1}{2} ")  # normalised strings
-    assert not is_equivalent("0.5", "\\frac{1}{2}")  # needs math-verify, which raised
+    assert not mg._math_verify_equal("0.5", "\\frac{1}{2}", 5)
 
 
 def test_math_verify_timeout_is_caught(monkeypatch):
@@ -177,7 +177,18 @@ def test_math_verify_timeout_is_caught(monkeypatch):
         raise TimeoutException("Operation timed out!")
 
     monkeypatch.setattr(mg, "_MV", (slow, verify, L, E, TimeoutException))
-    assert not is_equivalent("0.5", "\\frac{1}{2}")
+    assert not mg._math_verify_equal("0.5", "\\frac{1}{2}", 5)
+
+
+def test_without_math_verify_strings_decide(monkeypatch):
+    """Workers that report math-verify missing: string comparison only (a warning), no error."""
+    import verl_prpo.math_grading as mg
+
+    pool = mg.get_grading_pool().start()
+    monkeypatch.setattr(pool, "math_verify_available", False)
+    assert is_equivalent("\\frac{1}{2}", " \\dfrac{1}{2} ")  # normalised strings
+    assert not is_equivalent("0.5", "\\frac{1}{2}")  # would need math-verify
+    assert grade("\\boxed{0.5}", "\\frac{1}{2}") == GradeResult(True, False, "0.5", timed_out=False)
 
 
 def test_works_in_threads():

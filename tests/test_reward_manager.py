@@ -146,7 +146,8 @@ def test_run_single_scores(tokenizer, response, gt, expected, found):
     assert set(out) == {"reward_score", "reward_extra_info"}
     assert out["reward_score"] == expected
     info = out["reward_extra_info"]
-    assert set(info) == {"answer_found", "correct", "acc"}
+    assert set(info) == {"answer_found", "correct", "acc", "grading_timeout"}
+    assert info["grading_timeout"] == 0.0
     assert all(isinstance(v, float) for v in info.values())
     assert info["answer_found"] == found
     assert info["correct"] == info["acc"] == float(expected > 0)
@@ -209,17 +210,93 @@ def test_works_off_the_main_thread(tokenizer):
     assert result["out"]["reward_score"] == 1.0
 
 
-def test_grading_timeout_scores_wrong(tokenizer, monkeypatch):
+class _SignalProofPool:
+    """Factory of a grading pool whose workers never receive SIGALRM, so math-verify's own timeouts cannot end a
+    runaway there: only the pool's kill can (see tests/test_grading_timeouts.py)."""
+
+    @staticmethod
+    def make(workers: int):
+        import signal
+
+        from verl_prpo.math_grading import GradingPool
+
+        class Pool(GradingPool):
+            def _start_worker(self) -> None:  # a fresh thread per worker launch
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+                super()._start_worker()
+
+        return Pool(workers).start()
+
+
+def test_runaway_answers_time_out_and_the_rest_of_the_batch_is_graded(tokenizer, monkeypatch):
+    """The reward loop's way (run_single gathered in one event loop, off the main thread) with runaway answers whose
+    computation only a kill can stop: they score as wrong with grading_timeout=1, the normal answers are graded
+    right, and the batch ends within a bound."""
     import time
 
-    import verl_prpo.reward_manager as rm
+    import verl_prpo.math_grading as mg
 
-    def slow_grade(response, gt):
-        time.sleep(1.0)
-        return rm.GradeResult(True, True, "42")
+    timeout = 2.0
+    mgr = PRPORewardManager(_config(grading_timeout=timeout), tokenizer, compute_score=None)
+    pool = _SignalProofPool.make(2)
+    monkeypatch.setattr(mg, "_POOL", pool)
+    cases = [
+        ("So \\boxed{9^{9^{9^{9}}}}", "1", -1.0, 1.0),
+        ("\\boxed{(10^{8})!}", "1", -1.0, 1.0),
+        ("\\boxed{\\binom{10^{12}}{10^{11}}}", "1", -1.0, 1.0),
+        ("So $x = \\boxed{\\frac{1}{2}}$", "0.5", 1.0, 0.0),
+        ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}", 1.0, 0.0),
+        ("\\boxed{43}", "42", -1.0, 0.0),
+        ("\\boxed{42}", "42", 1.0, 0.0),
+    ]
+    batch = DataProto.concat([_data(tokenizer, r, gt, pad_to=48) for r, gt, _, _ in cases])
 
-    monkeypatch.setattr(rm, "grade", slow_grade)
-    mgr = PRPORewardManager(_config(grading_timeout=0.1), tokenizer, compute_score=None)
-    out = _run(mgr, _data(tokenizer, "\\boxed{42}", "42"))
-    assert out["reward_score"] == -1.0
-    assert out["reward_extra_info"]["answer_found"] == 1.0 and out["reward_extra_info"]["correct"] == 0.0
+    async def gather():
+        return await asyncio.gather(*(mgr.run_single(batch[i : i + 1]) for i in range(len(batch))))
+
+    result = {}
+
+    def worker():
+        t0 = time.monotonic()
+        result["outs"] = asyncio.run(gather())
+        result["seconds"] = time.monotonic() - t0
+
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(120)
+        assert not t.is_alive()
+        outs = result["outs"]
+        assert [o["reward_score"] for o in outs] == [c[2] for c in cases]
+        assert [o["reward_extra_info"]["grading_timeout"] for o in outs] == [c[3] for c in cases]
+        assert all(o["reward_extra_info"]["answer_found"] == 1.0 for o in outs)
+        # 3 runaways on 2 workers: at most 2 rounds of the timeout, plus worker restarts; generous bound
+        assert result["seconds"] < 4 * (timeout + 3.0)
+        assert pool.timeouts == 3
+    finally:
+        pool.close()
+
+
+def test_grading_timeout_must_be_positive(tokenizer):
+    for bad in (0, -1, None, "soon", float("inf")):
+        with pytest.raises(ValueError, match="grading_timeout"):
+            PRPORewardManager(_config(grading_timeout=bad), tokenizer, compute_score=None)
+
+
+def test_grader_reads_the_response_up_to_its_first_stop_token(tokenizer):
+    """A response that runs on into a new turn is cut at the first end-of-turn token: what follows (here another
+    boxed answer) is not the model's answer. Trailing EOS / end-of-turn tokens change nothing."""
+    mgr = PRPORewardManager(_config(), tokenizer, compute_score=None)
+    run_on = "\\boxed{42}<|im_end|>\n<|im_start|>user\nAnd now? \\boxed{7}"
+    assert _run(mgr, _data(tokenizer, run_on, "42", eos=False))["reward_score"] == 1.0
+    assert _run(mgr, _data(tokenizer, run_on, "7", eos=False))["reward_score"] == -1.0
+    assert _run(mgr, _data(tokenizer, "\\boxed{42}<|im_end|><|endoftext|>", "42", eos=False))["reward_score"] == 1.0
+    assert _run(mgr, _data(tokenizer, "\\boxed{42}<|endoftext|><|im_end|>", "42", eos=False))["reward_score"] == 1.0
+
+
+def test_grading_timeout_count():
+    from verl_prpo.reward_manager import grading_timeout_count
+
+    infos = [{"grading_timeout": 1.0}, {"grading_timeout": 0.0}, None, {"correct": 1.0}, {"grading_timeout": 1.0}]
+    assert grading_timeout_count(infos) == 2
+    assert grading_timeout_count([]) == 0

@@ -9,32 +9,53 @@
   If math-verify raises or times out, the string comparison's verdict stands.
 * :func:`grade` combines them: the model's answer is the last box of its response.
 
-Threads. math-verify implements its timeouts with ``signal.alarm``, which only works in the main thread of the
-main interpreter; elsewhere it raises ``ValueError``. verl's reward loop runs ``run_single`` inside an asyncio
-Ray actor and grades in executor threads, so :func:`is_equivalent` passes ``parsing_timeout=None`` /
-``timeout_seconds=None`` (math-verify's documented way to disable the signal) whenever it is called off the main
-thread. To keep runaway sympy work unlikely there, inputs longer than ``max_len`` characters skip math-verify
-(string comparison only); callers that need a hard bound (the reward manager) additionally wrap the call in an
-``asyncio.wait_for``.
+Runaway inputs. A short answer can ask for a computation that never ends: ``9^{9^{9^{9}}}``, ``(10^{8})!``,
+``\\binom{10^{9}}{5 \\cdot 10^{8}}``, ``2^{2^{40}}``. sympy evaluates such integers exactly in C code that holds the
+interpreter lock, so nothing in the same process runs meanwhile (no other thread, no ``asyncio.wait_for``, and no
+signal handler: math-verify's ``signal.alarm`` timeouts fire only between bytecodes, and only in the main thread).
+Therefore math-verify never runs in the caller's process: it runs in a small pool of warm worker processes
+(:class:`GradingPool`: fresh interpreters, ``python -m verl_prpo._grading_worker``, started on first use with
+math-verify imported and warmed up). The caller sends ``(predicted, golds)`` and waits on a socket, which releases
+the lock; when ``timeout`` seconds pass without an answer the worker is killed (SIGKILL) and replaced in the
+background, and the grading counts as wrong with ``GradeResult.timed_out=True`` (logged). Inside a worker
+math-verify's own timeouts are on (a worker's main thread), so slow but interruptible sympy work ends without a
+kill. Each worker's address space is limited (``memory_limit_mb``) so a runaway cannot take the host's memory before
+it is killed, and its CPU time per request is limited so a worker whose parent died mid-request ends by itself.
+
+The cheap parts stay in the caller: box extraction and the normalised string comparison (linear in the text) decide
+most gradings without a worker. ``grade`` returns within ``timeout`` seconds plus the time it waits for a free
+worker; a caller that grades one answer at a time waits at most for a worker restart, a caller with many
+concurrent gradings (the reward manager) waits behind at most ``timeout`` per busy worker.
+Safe from any thread and from asyncio executors; a process that forks gets its own pool.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "GradeResult",
-    "last_boxed",
+    "GradingPool",
+    "configure_grading",
     "extract_gsm8k_answer",
-    "normalize_answer",
-    "is_equivalent",
+    "get_grading_pool",
     "grade",
+    "is_equivalent",
+    "last_boxed",
+    "normalize_answer",
 ]
+
+#: seconds a grading may take before its worker is killed and the answer counts as wrong
+DEFAULT_TIMEOUT = 10.0
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -165,10 +186,11 @@ def normalize_answer(ans: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# math-verify
+# math-verify: runs only inside the grading workers
 # ---------------------------------------------------------------------------------------------------------------
 
 _MV = None  # lazily imported (parse, verify, LatexExtractionConfig, ExprExtractionConfig, TimeoutException)
+_WARMED = False
 
 
 def _math_verify():
@@ -179,10 +201,6 @@ def _math_verify():
 
         _MV = (parse, verify, LatexExtractionConfig, ExprExtractionConfig, TimeoutException)
     return _MV
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def _wrap(ans: str) -> str:
@@ -196,6 +214,8 @@ def _wrap(ans: str) -> str:
 
 
 def _math_verify_equal(pred: str, gold: str, timeout: int | None) -> bool:
+    """math-verify's verdict on one pair; ``timeout``: its own signal-based limit per parse / verify (main thread
+    only, None = off). Timeouts and exceptions are "not equal". What a grading worker runs."""
     parse, verify, LatexCfg, ExprCfg, TimeoutException = _math_verify()
     cfg = [LatexCfg(), ExprCfg()]
     try:
@@ -207,16 +227,417 @@ def _math_verify_equal(pred: str, gold: str, timeout: int | None) -> bool:
     except TimeoutException:
         logger.debug("math-verify timed out on pred=%r gold=%r", pred[:200], gold[:200])
         return False
-    except Exception as exc:  # noqa: BLE001 - math-verify/sympy can raise nearly anything
+    except Exception as exc:  # noqa: BLE001 - math-verify/sympy can raise nearly anything (MemoryError included)
         logger.debug("math-verify raised %r on pred=%r gold=%r", exc, pred[:200], gold[:200])
         return False
+
+
+def _warm_up() -> None:
+    """Pay math-verify's first-call costs (imports, grammar and regex compilation: about 2 s) when a worker
+    starts, before it reports ready, so that no grading's timeout pays them."""
+    global _WARMED
+    if _WARMED:
+        return
+    _math_verify()
+    for pred, gold in (("\\frac{1}{2}", "0.5"), ("(1, \\infty)", "(1,\\infty)"), ("x^2+1", "1+x^2")):
+        _math_verify_equal(pred, gold, 5)  # a worker's main thread: math-verify's own timeouts work
+    _WARMED = True
+
+
+def _limit_memory(limit_bytes: int | None) -> None:
+    """Cap this process's address space, so a runaway integer fails with MemoryError instead of taking the host."""
+    if not limit_bytes:
+        return
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = limit_bytes if hard == resource.RLIM_INFINITY else min(limit_bytes, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    except (ImportError, ValueError, OSError) as exc:  # not on every platform
+        logger.debug("grading worker: could not limit memory: %r", exc)
+
+
+def _limit_cpu_of_next_job(seconds: float) -> None:
+    """Let the kernel end this worker (SIGXCPU) if the next job uses more than ``seconds`` of CPU: the parent
+    normally kills it much earlier, this only matters when the parent itself died mid-job."""
+    try:
+        import resource
+
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = int(used.ru_utime + used.ru_stime + seconds) + 1
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _worker_main(conn, memory_limit_bytes: int | None) -> None:
+    """A grading worker: reports ``(status, pid)``, then answers each ``(pred, golds, seconds)`` request with
+    ``("ok", any pred == gold)`` until its connection closes or it receives ``None``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which kills the workers
+    # math-verify logs every timeout it catches at WARNING level; the parent logs the gradings that matter
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    _limit_memory(memory_limit_bytes)
+    try:
+        _warm_up()
+        status = "ready"
+    except ImportError:
+        status = "no_math_verify"
+    try:
+        conn.send((status, os.getpid()))
+    except OSError:  # the pool closed (its process exited) while this worker started
+        return
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        pred, golds, seconds = request
+        # the parent kills a job after its timeout (about 4 x seconds); the kernel does if the parent is gone
+        _limit_cpu_of_next_job(8 * seconds * len(golds) + 10)
+        conn.send(("ok", any(_math_verify_equal(pred, g, seconds) for g in golds)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the worker pool
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _launch_worker(memory_limit_mb: int | None):
+    """Start ``python -m verl_prpo._grading_worker`` with one end of a socket pair; returns (process, connection).
+
+    A fresh interpreter rather than ``multiprocessing``: nothing of the caller (CUDA, Ray, threads, locks held by
+    other threads) is inherited, and the caller's main module is never re-imported (``spawn``/``forkserver``
+    would re-run an unguarded script or a Ray worker's entry point in every worker).
+    """
+    import socket
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    parent_sock, child_sock = socket.socketpair()
+    env = dict(os.environ)
+    # the workers import this very copy of verl_prpo, whatever the caller's sys.path was built from
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    limit = "0" if memory_limit_mb is None else str(int(memory_limit_mb) * 2**20)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "verl_prpo._grading_worker", str(child_sock.fileno()), limit],
+            pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+            close_fds=True)
+    except BaseException:
+        parent_sock.close()
+        raise
+    finally:
+        child_sock.close()
+    return proc, Connection(parent_sock.detach())
+
+
+class _Worker:
+    """One grading process and the parent's end of its socket."""
+
+    def __init__(self, process, conn):
+        self.process = process
+        self.conn = conn
+
+    def kill(self) -> None:
+        try:
+            self.process.kill()  # SIGKILL: a worker stuck in C code ignores anything gentler
+            self.process.wait(5.0)
+        except (OSError, ValueError):
+            pass
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: the kernel reaps it later
+            pass
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+class GradingPool:
+    """Warm worker processes that run math-verify, one request per worker at a time; see the module docstring.
+
+    Args:
+        workers: processes kept running (each about 100 MB of memory once math-verify is loaded).
+        memory_limit_mb: address-space limit of each worker (None: no limit).
+        start_timeout: seconds a new worker may take to report ready (the first one imports math-verify).
+
+    Counters (read them for metrics; they only grow): ``gradings`` (requests sent to a worker), ``timeouts``
+    (requests whose worker was killed or died), ``restarts`` (workers replaced).
+    """
+
+    def __init__(self, workers: int = 2, *, memory_limit_mb: int | None = 4096, start_timeout: float = 120.0
+                 ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"grading workers must be an integer >= 1, got {workers!r}")
+        if memory_limit_mb is not None and (not isinstance(memory_limit_mb, int) or memory_limit_mb < 256):
+            raise ValueError(f"grading memory_limit_mb must be an integer >= 256 or None, got {memory_limit_mb!r}")
+        self.workers = workers
+        self.memory_limit_mb = memory_limit_mb
+        self.start_timeout = float(start_timeout)
+        self.pid = os.getpid()
+        self.math_verify_available: bool | None = None
+        self.gradings = 0
+        self.timeouts = 0
+        self.restarts = 0
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()  # every live worker, idle or busy (close() kills them all)
+        self._busy = 0
+        self._starting = 0
+        self._start_error: BaseException | None = None
+        self._closed = False
+        self._warned_no_math_verify = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, wait: bool = True) -> GradingPool:
+        """Start the missing workers; with ``wait``, block until one is ready (``RuntimeError`` if none can start)."""
+        with self._cond:
+            self._fill()
+            if not wait:
+                return self
+            deadline = time.monotonic() + self.start_timeout + 5.0
+            while not self._idle and self._busy == 0:
+                if self._closed:
+                    raise RuntimeError("the grading pool is closed")
+                if self._starting == 0:
+                    raise RuntimeError(f"grading workers could not start: {self._start_error!r}") \
+                        from self._start_error
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"no grading worker became ready within {self.start_timeout:g} s")
+                self._cond.wait(left)
+        return self
+
+    def close(self) -> None:
+        """Stop every worker, busy ones included (their callers get a timed-out result)."""
+        with self._cond:
+            self._closed = True
+            self._idle = []
+            workers, self._all = self._all, set()
+            self._cond.notify_all()
+        for w in workers:
+            w.kill()
+
+    @property
+    def alive(self) -> int:
+        """Workers running or starting."""
+        with self._cond:
+            return len(self._idle) + self._busy + self._starting
+
+    def _fill(self) -> None:
+        """Start workers until running + starting == ``workers`` (called holding the lock)."""
+        while not self._closed and len(self._idle) + self._busy + self._starting < self.workers:
+            self._starting += 1
+            threading.Thread(target=self._start_worker, name="verl_prpo-grading-start", daemon=True).start()
+
+    def _start_worker(self) -> None:
+        proc = None
+        try:
+            proc, conn = _launch_worker(self.memory_limit_mb)
+            if not conn.poll(self.start_timeout):
+                raise RuntimeError(f"did not report ready within {self.start_timeout:g} s")
+            status, _pid = conn.recv()
+            worker = _Worker(proc, conn)
+        except BaseException as exc:  # noqa: BLE001 - reported to the callers waiting in start()/_acquire()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            logger.error("grading worker failed to start: %r", exc)
+            with self._cond:
+                self._starting -= 1
+                self._start_error = exc
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._starting -= 1
+            self.math_verify_available = status == "ready"
+            if self._closed:
+                worker.kill()
+                return
+            self._start_error = None
+            self._idle.append(worker)
+            self._all.add(worker)
+            self._cond.notify_all()
+
+    def _acquire(self) -> _Worker:
+        """An idle, live worker (waits for one); a worker found dead while idle is replaced, not used."""
+        while True:
+            with self._cond:
+                while not self._idle:
+                    if self._closed:
+                        raise RuntimeError("the grading pool is closed")
+                    self._fill()
+                    if self._busy == 0 and self._starting == 0 and self._start_error is not None:
+                        raise RuntimeError(f"grading workers could not start: {self._start_error!r}") \
+                            from self._start_error
+                    self._cond.wait(1.0)
+                self._busy += 1
+                worker = self._idle.pop()
+            if worker.process.poll() is None:
+                return worker
+            logger.warning("grading worker %d died while idle (exit code %s); replacing it", worker.process.pid,
+                           worker.process.returncode)
+            self._replace(worker)
+
+    def _release(self, worker: _Worker) -> None:
+        with self._cond:
+            self._busy -= 1
+            if self._closed:
+                self._all.discard(worker)
+                worker.kill()
+            else:
+                self._idle.append(worker)
+            self._cond.notify()
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._cond:
+            self._all.discard(worker)
+            self._busy -= 1
+            self.restarts += 1
+            self._fill()
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ grading
+    def equivalent(self, pred: str, golds: list[str], timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, bool]:
+        """``(math-verify says pred equals one of golds, timed out)``, computed in a worker within ``timeout`` s.
+
+        A worker that has not answered after ``timeout`` seconds (or that died) is killed and replaced; the
+        result is then ``(False, True)``. Without math-verify installed the result is ``(False, False)`` (a
+        warning once): the caller's string comparison decides.
+        """
+        if not timeout or not timeout > 0:
+            raise ValueError(f"grading timeout must be a number of seconds > 0, got {timeout!r}")
+        if os.getpid() != self.pid:
+            raise RuntimeError("a GradingPool cannot be used in a forked child; use get_grading_pool()")
+        if self.math_verify_available is None:
+            self.start(wait=True)
+        if not self.math_verify_available:
+            if not self._warned_no_math_verify:
+                self._warned_no_math_verify = True
+                logger.warning("math-verify is not installed; grading falls back to string comparison "
+                               "(pip install math-verify)")
+            return False, False
+        # math-verify's own per-parse/verify limit inside the worker: a slow sympy call ends without a kill
+        inner = max(1, int(timeout // 4))
+        for attempt in range(2):
+            worker = self._acquire()
+            try:
+                worker.conn.send((pred, golds, inner))
+            except (OSError, ValueError):  # died while idle (OOM killer...): another worker, once
+                self._replace(worker)
+                if attempt == 0:
+                    continue
+                raise
+            break
+        t0 = time.monotonic()
+        try:
+            if worker.conn.poll(timeout):
+                _, equal = worker.conn.recv()
+                with self._cond:
+                    self.gradings += 1
+                self._release(worker)
+                return bool(equal), False
+            why = f"no answer within {timeout:g} s"
+        except (EOFError, OSError) as exc:
+            why = f"worker died after {time.monotonic() - t0:.1f} s (exit code {worker.process.exitcode}, {exc!r})"
+        except BaseException:  # interrupted while waiting: the worker may still be computing
+            self._replace(worker)
+            raise
+        self._replace(worker)
+        with self._cond:
+            self.gradings += 1
+            self.timeouts += 1
+        logger.warning("grading timed out (%s; worker killed and replaced; counted as wrong): pred=%r gold=%r",
+                       why, pred[:120], [g[:60] for g in golds])
+        return False, True
+
+
+_POOL: GradingPool | None = None
+_POOL_LOCK = threading.Lock()
+_POOL_OPTIONS: dict = {"workers": 2, "memory_limit_mb": 4096}
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child must not talk to its parent's workers, and may have inherited a held lock."""
+    global _POOL, _POOL_LOCK
+    _POOL = None
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def configure_grading(*, workers: int | None = None, memory_limit_mb: int | None | str = "keep") -> None:
+    """Set the shared pool's size / worker memory limit; a running pool with other settings is replaced."""
+    global _POOL
+    new = dict(_POOL_OPTIONS)
+    if workers is not None:
+        new["workers"] = workers
+    if memory_limit_mb != "keep":
+        new["memory_limit_mb"] = memory_limit_mb
+    GradingPool(**new)  # validates before anything changes (starts nothing)
+    with _POOL_LOCK:
+        if new == _POOL_OPTIONS:
+            return
+        _POOL_OPTIONS.update(new)
+        old, _POOL = _POOL, None
+    if old is not None:
+        old.close()
+
+
+def get_grading_pool() -> GradingPool:
+    """The process's shared :class:`GradingPool` (created on first use; workers start on first grading)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.pid != os.getpid():
+            _POOL = GradingPool(**_POOL_OPTIONS)
+        return _POOL
+
+
+@atexit.register
+def _close_pool_at_exit() -> None:
+    pool = _POOL
+    if pool is not None and pool.pid == os.getpid():
+        pool.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# equivalence and grading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _equivalent_any(pred: str, golds: list[str], *, timeout: float, max_len: int, use_math_verify: bool,
+                    string_fast_path: bool) -> tuple[bool, bool]:
+    """``(pred equals one of golds, math-verify timed out)``: strings here, math-verify in a worker."""
+    np_ = normalize_answer(pred)
+    string_equal = any(np_ == normalize_answer(g) for g in golds)
+    if string_equal and string_fast_path:
+        return True, False
+    if not use_math_verify:
+        return string_equal, False
+    candidates = [g for g in golds if len(g) <= max_len] if len(pred) <= max_len else []
+    if not candidates:  # an answer of over max_len characters is not worth a sympy parse
+        return string_equal, False
+    equal, timed_out = get_grading_pool().equivalent(pred, candidates, timeout)
+    return equal or string_equal, timed_out
 
 
 def is_equivalent(
     pred: str | None,
     gold: str | None,
     *,
-    timeout: int = 5,
+    timeout: float = DEFAULT_TIMEOUT,
     max_len: int = 1000,
     use_math_verify: bool = True,
     string_fast_path: bool = True,
@@ -224,64 +645,63 @@ def is_equivalent(
     """True if the predicted answer equals the gold answer.
 
     1. normalised string equality (:func:`normalize_answer`) -> True (skipped with ``string_fast_path=False``);
-    2. math-verify: both sides wrapped in ``\\boxed{}`` (unless already boxed or ``$..$``), parsed with LaTeX and
-       plain-expression extraction, compared with ``verify(gold, pred)``. Timeouts and exceptions count as
-       "not equivalent" (the string comparison of step 1 decided already).
+    2. math-verify, in a grading worker process (module docstring): both sides wrapped in ``\\boxed{}`` (unless
+       already boxed or ``$..$``), parsed with LaTeX and plain-expression extraction, compared with
+       ``verify(gold, pred)``. A timeout (``timeout`` seconds, the worker is then killed) or an exception counts
+       as "not equivalent": the string comparison of step 1 decides.
 
-    ``timeout`` (seconds) is applied through math-verify's ``signal.alarm`` in the main thread only; in any other
-    thread the timeouts are disabled (``parsing_timeout=None``, ``timeout_seconds=None``) because signals cannot
-    be used there, and inputs longer than ``max_len`` characters skip math-verify.
+    Inputs longer than ``max_len`` characters skip math-verify.
     """
     if pred is None or gold is None:
         return False
-    pred = str(pred).strip()
-    gold = str(gold).strip()
+    pred, gold = str(pred).strip(), str(gold).strip()
     if not pred or not gold:
         return False
-    np_, ng = normalize_answer(pred), normalize_answer(gold)
-    if np_ == ng and string_fast_path:
-        return True
-    if not use_math_verify:
-        return np_ == ng
-    main = _in_main_thread()
-    if not main and (len(pred) > max_len or len(gold) > max_len):
-        return np_ == ng
-    try:
-        ok = _math_verify_equal(pred, gold, timeout if main else None)
-    except ImportError:
-        logger.warning("math-verify is not installed; falling back to string comparison (pip install math-verify)")
-        return np_ == ng
-    return ok or (np_ == ng)
+    return _equivalent_any(pred, [gold], timeout=timeout, max_len=max_len, use_math_verify=use_math_verify,
+                           string_fast_path=string_fast_path)[0]
 
 
 @dataclass(frozen=True)
 class GradeResult:
-    """Outcome of grading one response: was a final answer found, is it correct, and what was it."""
+    """Outcome of grading one response: was a final answer found, is it correct, and what was it.
+
+    ``timed_out``: math-verify did not finish within the timeout (its worker was killed); ``correct`` is then
+    the string comparison's verdict.
+    """
 
     answer_found: bool
     correct: bool
     predicted: str | None
+    timed_out: bool = False
 
 
-def grade(response: str | None, ground_truth, **kwargs) -> GradeResult:
-    """Grade a model response against a ground truth answer.
+def grade(response: str | None, ground_truth, *, timeout: float = DEFAULT_TIMEOUT, **kwargs) -> GradeResult:
+    """Grade a model response against a ground truth answer, within ``timeout`` seconds of math-verify work.
 
     The predicted answer is the content of the response's last ``\\boxed{}`` (:func:`last_boxed`); a response
     without one (or with an empty one) has ``answer_found=False, correct=False``. ``ground_truth`` may be a string,
-    a number (``27.0`` is treated as ``27``) or a list of acceptable answers. Keyword arguments go to
-    :func:`is_equivalent`.
+    a number (``27.0`` is treated as ``27``) or a list of acceptable answers (all compared in one worker request,
+    so ``timeout`` bounds them together). Other keyword arguments (``max_len``, ``use_math_verify``,
+    ``string_fast_path``) are those of :func:`is_equivalent`.
     """
     predicted = last_boxed(response)
     if predicted is None or not predicted.strip():
         return GradeResult(answer_found=False, correct=False, predicted=None)
-    golds = ground_truth if isinstance(ground_truth, list | tuple) else [ground_truth]
-    correct = False
-    for g in golds:
+    golds = []
+    for g in ground_truth if isinstance(ground_truth, list | tuple) else [ground_truth]:
         if g is None:
             continue
         if isinstance(g, float) and g.is_integer():
             g = int(g)
-        if is_equivalent(predicted, str(g), **kwargs):
-            correct = True
-            break
-    return GradeResult(answer_found=True, correct=correct, predicted=predicted)
+        g = str(g).strip()
+        if g:
+            golds.append(g)
+    if not golds:
+        return GradeResult(answer_found=True, correct=False, predicted=predicted)
+    opts = {"max_len": 1000, "use_math_verify": True, "string_fast_path": True}
+    unknown = set(kwargs) - set(opts)
+    if unknown:
+        raise TypeError(f"grade() got unexpected keyword arguments {sorted(unknown)}")
+    opts.update(kwargs)
+    correct, timed_out = _equivalent_any(predicted.strip(), golds, timeout=timeout, **opts)
+    return GradeResult(answer_found=True, correct=correct, predicted=predicted, timed_out=timed_out)

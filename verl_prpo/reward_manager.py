@@ -15,39 +15,53 @@ default schema, hence the ``+`` on the command line)::
     +reward.reward_kwargs.correct_score=1.0      # default  1.0 (PRPO recipe)
     +reward.reward_kwargs.incorrect_score=-1.0   # default -1.0 (PRPO recipe)
     +reward.reward_kwargs.no_answer_score=-1.0   # default: incorrect_score; a response without a final \\boxed{}
-    +reward.reward_kwargs.grading_timeout=10     # default 10 s; grading that takes longer counts as wrong
+    +reward.reward_kwargs.grading_timeout=10     # default 10 s; a grading that takes longer counts as wrong
+    +reward.reward_kwargs.grading_workers=2      # default 2: grading processes of this reward-loop worker
+    +reward.reward_kwargs.grading_memory_limit_mb=4096   # address-space limit of each grading process
 
 The same keys may also be given directly as constructor keyword arguments (these win over the config).
 
 ``run_single`` returns ``{"reward_score": float, "reward_extra_info": {"answer_found": float, "correct": float,
-"acc": float}}`` (scalars only, so verl can stack them into arrays; ``acc`` == ``correct`` is what verl's
-validation metrics aggregate). The ground truth is ``non_tensor_batch["reward_model"]["ground_truth"]``; the
-response is decoded from ``responses`` limited to its valid length (``attention_mask``), as in verl's ``naive``
-manager. ``data_source`` is not used: every dataset prepared by :mod:`verl_prpo.data` is graded the same way
-(:func:`verl_prpo.math_grading.grade`).
+"acc": float, "grading_timeout": float}}`` (scalars only, so verl can stack them into arrays; ``acc`` ==
+``correct`` is what verl's validation metrics aggregate). The ground truth is
+``non_tensor_batch["reward_model"]["ground_truth"]``. The response is its valid tokens (``attention_mask``) up to
+the first stop token (EOS of the tokenizer or of the generation config, or a special chat-turn token: a response
+that runs on into a new turn is cut there), decoded with ``skip_special_tokens=True``
+(:mod:`verl_prpo.response_text`, the same text the PRM scores). ``data_source`` is not used: every dataset
+prepared by :mod:`verl_prpo.data` is graded the same way (:func:`verl_prpo.math_grading.grade`).
 
-Grading runs in the event loop's default thread pool, so math-verify's signal-based timeouts are disabled
-there (see :mod:`verl_prpo.math_grading`); ``grading_timeout`` bounds each call with ``asyncio.wait_for``
-instead (the worker thread of a call that timed out finishes in the background).
+Timeouts. Decoding and box extraction run in the event loop's thread pool; math-verify runs in the grading worker
+processes of :mod:`verl_prpo.math_grading`, which kill and replace a worker whose grading passes
+``grading_timeout``. So the step never waits on a grading that does not end, and no grading freezes the reward
+worker's other threads. A timed-out grading scores as a wrong answer, is logged (warning with the answer), and
+is reported as ``grading_timeout = 1`` in ``reward_extra_info``: verl's validation metrics average it, and the
+``prpo_sync`` trainer logs the count of a training batch as ``reward/grading_timeouts``. The grading workers start
+when the manager is built, so a machine that cannot start them fails at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.experimental.reward_loop.reward_manager.registry import register
 
-from verl_prpo.math_grading import GradeResult, grade
+from verl_prpo.math_grading import DEFAULT_TIMEOUT, GradeResult, configure_grading, get_grading_pool, grade
+from verl_prpo.response_text import generation_config_eos, response_text, stop_token_ids
 
 logger = logging.getLogger(__name__)
 
 REWARD_MANAGER_NAME = "prpo"
 
 #: keys read from ``reward.reward_kwargs`` and their defaults (``no_answer_score`` defaults to ``incorrect_score``)
-DEFAULTS = {"correct_score": 1.0, "incorrect_score": -1.0, "no_answer_score": None, "grading_timeout": 10.0}
+DEFAULTS = {"correct_score": 1.0, "incorrect_score": -1.0, "no_answer_score": None,
+            "grading_timeout": DEFAULT_TIMEOUT, "grading_workers": 2, "grading_memory_limit_mb": 4096}
+
+#: ``reward_extra_info`` key that is 1.0 for a response whose grading timed out
+TIMEOUT_KEY = "grading_timeout"
 
 
 def _reward_kwargs(config) -> dict:
@@ -74,6 +88,30 @@ def _reward_kwargs(config) -> dict:
     except ImportError:  # pragma: no cover
         pass
     return dict(kw)
+
+
+def _model_path(config, tokenizer) -> str | None:
+    """Where the policy's generation config is: ``actor_rollout_ref.model.path`` (local copy), else the tokenizer's."""
+    try:
+        from omegaconf import OmegaConf
+
+        path = OmegaConf.select(config, "actor_rollout_ref.model.path", default=None) if config is not None else None
+    except Exception:  # noqa: BLE001 - a plain dict or dataclass config
+        path = None
+    if path:
+        try:
+            from verl.utils.fs import copy_to_local
+
+            return copy_to_local(str(path))
+        except Exception:  # noqa: BLE001 - no local copy: the tokenizer's directory
+            pass
+    return getattr(tokenizer, "name_or_path", None) or None
+
+
+def grading_timeout_count(reward_extra_infos) -> int:
+    """Responses whose grading timed out, from a batch's ``reward_extra_info`` dicts (None entries skipped)."""
+    return int(sum(float(info.get(TIMEOUT_KEY, 0.0) or 0.0) for info in reward_extra_infos
+                   if isinstance(info, dict)))
 
 
 @register(REWARD_MANAGER_NAME)
@@ -107,7 +145,16 @@ class PRPORewardManager(RewardManagerBase):
             self.incorrect_score if opts["no_answer_score"] is None else float(opts["no_answer_score"])
         )
         timeout = opts["grading_timeout"]
-        self.grading_timeout = None if timeout is None or float(timeout) <= 0 else float(timeout)
+        try:
+            self.grading_timeout = float(timeout)
+        except (TypeError, ValueError):
+            self.grading_timeout = float("nan")
+        if not self.grading_timeout > 0 or self.grading_timeout == float("inf"):
+            raise ValueError(f"reward.reward_kwargs.grading_timeout must be a finite number of seconds > 0, got "
+                             f"{timeout!r} (a grading without a bound can hang the reward worker)")
+        configure_grading(workers=opts["grading_workers"], memory_limit_mb=opts["grading_memory_limit_mb"])
+        get_grading_pool().start(wait=True)  # a machine that cannot run the grading workers fails here
+        self.stop_ids = frozenset(stop_token_ids(tokenizer, generation_config_eos(_model_path(config, tokenizer))))
 
     def score_of(self, result: GradeResult) -> float:
         if result.correct:
@@ -117,18 +164,11 @@ class PRPORewardManager(RewardManagerBase):
         return self.incorrect_score
 
     async def _grade(self, response_str: str, ground_truth) -> GradeResult:
+        # the executor thread waits on a grading worker (GIL released); the worker is killed after grading_timeout
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, lambda: grade(response_str, ground_truth))
-        if self.grading_timeout is None:
-            return await fut
-        try:
-            return await asyncio.wait_for(fut, timeout=self.grading_timeout)
-        except asyncio.TimeoutError:
-            logger.warning("prpo reward manager: grading timed out after %.1fs; scored as wrong", self.grading_timeout)
-            from verl_prpo.math_grading import last_boxed
-
-            pred = last_boxed(response_str)
-            return GradeResult(answer_found=bool(pred), correct=False, predicted=pred)
+        # a timed-out grading is logged (warning, with the answer) by the grading pool
+        return await loop.run_in_executor(
+            None, functools.partial(grade, response_str, ground_truth, timeout=self.grading_timeout))
 
     async def run_single(self, data: DataProto) -> dict:
         data = data[-1:]  # multi-sequence outputs: the reward is computed on the last sequence (as verl's managers)
@@ -147,8 +187,7 @@ class PRPORewardManager(RewardManagerBase):
 
         # the running loop (not ``self.loop`` captured at construction): works under Ray and under asyncio.run
         response_str = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.tokenizer.decode(valid_ids, skip_special_tokens=True)
-        )
+            None, functools.partial(response_text, self.tokenizer, valid_ids.tolist(), self.stop_ids))
         result = await self._grade(response_str, ground_truth)
         score = self.score_of(result)
         return {
@@ -157,5 +196,6 @@ class PRPORewardManager(RewardManagerBase):
                 "answer_found": float(result.answer_found),
                 "correct": float(result.correct),
                 "acc": float(result.correct),
+                TIMEOUT_KEY: float(result.timed_out),
             },
         }
