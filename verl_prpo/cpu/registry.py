@@ -22,6 +22,16 @@ def load_hf_replica():
     return HFReplica
 
 
+VLLM_ROLLOUT_NAME = "vllm"
+
+
+def load_cpu_vllm_replica():
+    """``RolloutReplicaRegistry`` loader of verl's vLLM replica for the CPU build of vLLM (CPU mode only)."""
+    from verl_prpo.cpu.vllm_rollout import CPUvLLMReplica
+
+    return CPUvLLMReplica
+
+
 def register_cpu_engines_and_process_group() -> None:
     """CPU mode: FSDP engines for device ``cpu`` in ``EngineRegistry``; the gloo group of a worker-group process."""
     import verl_prpo.cpu.engine  # noqa: F401  (registers FSDP engines for device cpu)

@@ -1,0 +1,80 @@
+"""verl's own vLLM rollout on the CPU build of vLLM: three thin subclasses, one behaviour changed.
+
+verl 0.9.1 was written against vLLM 0.24. The CPU build the registry serves with the CPU torch is vLLM 0.27.1, and
+there one thing differs on the weight-sync path: after loading, vLLM's CPU linear layers repack their weight for
+oneDNN / the SGL kernel and *replace* ``layer.weight`` by an empty parameter without a ``weight_loader``
+(``vllm/model_executor/layers/utils.py``, ``dispatch_cpu_unquantized_gemm(..., remove_weight=True)``). verl's
+weight sync (``vLLMColocateWorkerExtension.update_weights_from_ipc``, ``verl/workers/rollout/vllm_rollout/utils.py``)
+calls ``model.load_weights`` on that model as GPU vLLM 0.24 allowed, and fails with ``'Parameter' object has no
+attribute 'weight_loader'``.
+
+vLLM's answer is its own layerwise reload (``vllm/model_executor/model_loader/reload``, used by its
+``reload_weights``): put each layer back in checkpoint format, load, re-run the layer's post-load processing (the
+repacking) and copy the result into the tensors the kernels hold. The extension below receives verl's buckets as
+verl does and loads them through that API. Everything else (server, agent loop, the sender in the actor,
+sleep/wake, request routing) is verl's unchanged code: the classes only name the extension.
+
+* ``CPUWorkerExtension``: verl's colocate worker extension with the weight load done by layerwise reload;
+* ``CPUvLLMHttpServer``: verl's ``vLLMHttpServer`` naming that extension (verl's documented override hook);
+* ``CPUvLLMReplica``: verl's ``vLLMReplica`` launching that server. In CPU mode (``VERL_PLATFORM=cpu``) the plugin
+  registers it under verl's own name ``vllm``, so ``actor_rollout_ref.rollout.name=vllm`` selects it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+import torch
+
+from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
+from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
+
+logger = logging.getLogger(__name__)
+
+WORKER_EXTENSION = f"{__name__}.CPUWorkerExtension"
+
+
+class CPUWorkerExtension(vLLMColocateWorkerExtension):
+    """Weight sync into vLLM's CPU model through vLLM's layerwise reload."""
+
+    def update_weights_from_ipc(self, peft_config: dict | None = None, base_sync_done: bool = False,
+                                use_shm: bool = False):
+        if peft_config:
+            raise NotImplementedError("CPU mode: LoRA weight sync into vLLM is not supported")
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+
+        from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightReceiver
+
+        if self.device is None:
+            self.device = torch.device("cpu")
+        models = list(self._iter_all_models_with_config())
+        for model, _ in models:
+            initialize_layerwise_reload(model)
+
+        def on_bucket_received(weights: list[tuple[str, torch.Tensor]], is_last: bool) -> None:
+            # On CPU the received tensors are views of the shared-memory bucket, which the next bucket overwrites;
+            # layerwise reload keeps a layer's tensors until the whole layer has arrived, so they are copied.
+            owned = [(name, t.clone()) for name, t in weights]
+            for model, _ in models:
+                model.load_weights(owned)
+
+        receiver = BucketedWeightReceiver(zmq_handle=self._get_zmq_handle(), device=self.device, use_shm=use_shm)
+        receiver.receive_weights(on_bucket_received=on_bucket_received)
+        for model, model_config in models:
+            finalize_layerwise_reload(model, model_config)
+
+
+class CPUvLLMHttpServer(vLLMHttpServer):
+    """verl's vLLM server with the CPU worker extension."""
+
+    def _get_worker_extension_cls(self) -> str:
+        return WORKER_EXTENSION
+
+
+class CPUvLLMReplica(vLLMReplica):
+    """verl's vLLM replica launching ``CPUvLLMHttpServer``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.server_class = ray.remote(CPUvLLMHttpServer)
