@@ -25,21 +25,49 @@ ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg", "pure")
 VAL_SAMPLES = 2  # held-out samples per problem in verl's validation
 
 
+def world_size_overrides(world_size: int, *, prompts_per_step: int, prompts_per_update: int, n: int) -> list[str]:
+    """Overrides that run the trainer on ``world_size`` ranks (logical device slots in CPU mode): the FSDP2 actor
+    sharded over them, one vLLM replica per rank, and per-rank micro batches that divide the per-rank batches."""
+    if world_size < 1:
+        raise ValueError(f"--world-size must be >= 1, got {world_size}")
+    rows_per_update, rows_per_step = prompts_per_update * n, prompts_per_step * n
+    if rows_per_update % world_size:
+        raise ValueError(f"--world-size {world_size} does not divide the {rows_per_update} responses of a mini-batch "
+                         f"({prompts_per_update} prompts x n={n})")
+    return [
+        f"trainer.n_gpus_per_node={world_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={rows_per_update // world_size}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={max(1, rows_per_step // world_size)}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={max(1, rows_per_step // world_size)}",
+    ]
+
+
+def override_value(cmd: list[str], key: str, default: str | None = None) -> str | None:
+    """The last value a command line gives to a Hydra key (``key=value``, ``+key=value``), else ``default``."""
+    found = default
+    for arg in cmd:
+        k, sep, v = arg.partition("=")
+        if sep and k.lstrip("+~") == key:
+            found = v
+    return found
+
+
 def build_command(estimator: str, *, testbed_dir: Path | str | None = None, steps: int = 20, eval_every: int = 5,
                   out_dir: Path | str | None = None, extra: list[str] | None = None,
                   metrics_file: Path | str | None = None, seed: int = 0, assets_dir: Path | str | None = None,
-                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+                  world_size: int = 1, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
     """The ``main_ppo`` command line and environment of a quickstart run (the testbed is built if missing).
 
     With ``assets_dir`` the run uses the tiny random assets and the shaped toy reward instead (plumbing tests only).
+    ``world_size`` > 1 trains on that many ranks (FSDP2 over gloo, one vLLM replica per rank).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if assets_dir is not None:
         return tiny_command(estimator, assets_dir=assets_dir, steps=steps, out_dir=out_dir, extra=extra,
-                            metrics_file=metrics_file, python=python)
+                            metrics_file=metrics_file, world_size=world_size, python=python)
     from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
-    from verl_prpo.testbed.grid import train_command
+    from verl_prpo.testbed.grid import DEFAULTS, train_command
 
     tb = build_testbed(testbed_dir or DEFAULT_DIR)
     out = Path(out_dir or tb.root / "runs" / estimator).resolve()
@@ -52,6 +80,10 @@ def build_command(estimator: str, *, testbed_dir: Path | str | None = None, step
         "trainer.project_name=verl_prpo_quickstart",
         f"trainer.experiment_name={estimator}",
     ]
+    if world_size != 1:
+        val += world_size_overrides(world_size, prompts_per_step=DEFAULTS["prompts_per_step"],
+                                    prompts_per_update=DEFAULTS["prompts_per_step"] // DEFAULTS["updates_per_step"],
+                                    n=DEFAULTS["n"])
     extra = list(extra or [])
     keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
     val = [v for v in val if v.split("=", 1)[0] not in keys]
@@ -59,8 +91,12 @@ def build_command(estimator: str, *, testbed_dir: Path | str | None = None, step
                          metrics_file=metrics_file, extra=val + extra, python=python)
 
 
+#: the tiny runs' batch (verl_prpo/conf/prpo_trainer_cpu.yaml): data.train_batch_size, ppo_mini_batch_size, rollout.n
+TINY_BATCH = {"prompts_per_step": 4, "prompts_per_update": 4, "n": 4}
+
+
 def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_dir: Path | str | None = None,
-                 extra: list[str] | None = None, metrics_file: Path | str | None = None,
+                 extra: list[str] | None = None, metrics_file: Path | str | None = None, world_size: int = 1,
                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
     """A CPU-mode run on the tiny random assets (``verl_prpo.assets``) with the shaped toy reward: it exercises
     the whole loop in seconds per step but learns nothing (the end-to-end plumbing tests use it)."""
@@ -89,6 +125,8 @@ def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_
     env = cpu_mode_env(overrides, metrics_file)
     if estimator == "prl":
         overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
+    if world_size != 1:
+        overrides += world_size_overrides(world_size, **TINY_BATCH)
     extra = list(extra or [])
     keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
     overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
@@ -158,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps (and at step 0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world-size", type=int, default=1,
+                   help="trainer ranks (logical device slots in CPU mode): FSDP2 over gloo, one vLLM replica each")
     p.add_argument("--testbed", default=None, help="where the testbed is built/cached (default ~/.cache/verl_prpo)")
     p.add_argument("--out", default=None, help="run folder (metrics, curves)")
     p.add_argument("--metrics-file", default=None, help="verl's per-step metrics as JSON lines (default: in --out)")
@@ -170,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path(args.testbed or DEFAULT_DIR) / "runs" / args.estimator).resolve()
     metrics_file = Path(args.metrics_file or out / "metrics.jsonl").resolve()
     cmd, env = build_command(args.estimator, testbed_dir=args.testbed, steps=args.steps, eval_every=args.eval_every,
-                             out_dir=out, extra=extra, metrics_file=metrics_file, seed=args.seed)
+                             out_dir=out, extra=extra, metrics_file=metrics_file, seed=args.seed,
+                             world_size=args.world_size)
     print("VERL_PLATFORM=cpu " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     if args.dry_run:
         return 0
@@ -187,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print("\n=== quickstart summary ===")
     print(f"estimator            {args.estimator}, {summary['steps']} steps")
+    print(f"rollout, world size  {override_value(cmd, 'actor_rollout_ref.rollout.name', 'vllm')}, "
+          f"{override_value(cmd, 'trainer.n_gpus_per_node', '1')} rank(s)")
     print(f"held-out accuracy    {fmt(summary['start_accuracy'])} -> {fmt(summary['final_accuracy'])} "
           f"(sampled at T=1, mean@{VAL_SAMPLES} over {len(summary['val_accuracy'])} evaluations)")
     print(f"training reward      {fmt(summary['reward_first'])} -> {fmt(summary['reward_last'])}")

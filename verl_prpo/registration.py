@@ -15,7 +15,8 @@ verl module (imported by verl itself)  what is registered then                  
 ``verl.trainer.ppo.v1``                trainer mode ``prpo_sync``                      ``verl_prpo.trainer``
 ``verl.experimental.reward_loop``      reward manager ``prpo``                         ``verl_prpo.reward_manager``
 ``.reward_manager``
-``verl.workers.rollout.replica``       ``hf`` in ``RolloutReplicaRegistry``            nothing (a loader function)
+``verl.workers.rollout.replica``       ``hf`` in ``RolloutReplicaRegistry``; CPU mode  nothing (a loader function)
+                                       only: ``vllm`` (verl's replica, CPU extension)
 ``verl.workers.rollout.base``          ``("hf", "async")`` in ``_ROLLOUT_REGISTRY``     nothing (a class path)
 ``verl.workers.engine``                CPU mode only: FSDP engines for device cpu     ``verl_prpo.cpu.engine``
 =====================================  =============================================  ===================================
@@ -230,6 +231,9 @@ def check_registered() -> None:
     if _cpu_mode() and "verl.workers.engine" in sys.modules and "verl.workers.engine" not in _finder.pending():
         # VERL_PLATFORM=cpu was set after verl's engine module was imported (its hook saw no CPU mode): register now
         _run("cpu engines", _register_cpu_engines)
+    if _cpu_mode() and "verl.workers.rollout.replica" in sys.modules \
+            and "verl.workers.rollout.replica" not in _finder.pending():
+        _run("rollout replica hf", _register_rollout_replica)  # the same late case: registers the CPU vllm replica
     for module, _, _ in HOOKS:
         if module == "verl.workers.engine" and not _cpu_mode():
             continue
@@ -263,6 +267,10 @@ def check_registered() -> None:
             (HF_ROLLOUT_NAME, "async") not in rollout_base._ROLLOUT_REGISTRY:
         missing.append("rollout hf")
     if _cpu_mode():
+        from verl_prpo.cpu.registry import VLLM_ROLLOUT_NAME, load_cpu_vllm_replica
+
+        if RolloutReplicaRegistry._registry.get(VLLM_ROLLOUT_NAME) is not load_cpu_vllm_replica:
+            missing.append("rollout vllm (CPU build)")
         from verl.workers.engine.base import EngineRegistry
 
         for model_type in ("language_model", "value_model"):

@@ -273,6 +273,7 @@ class PRPOTrainerSync(PPOTrainerSync):
         validate_batch_divisibility(config)
         super().__init__(config)
         self.prm_scorer = None
+        self._prm_layout: dict[str, float] = {}
         self._newline_mask: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ setup
@@ -286,7 +287,12 @@ class PRPOTrainerSync(PPOTrainerSync):
                 self.plugin_config["prm"], self.config, actor_pool=actor_pool,
                 prm_pool=self.resource_pool_manager.resource_pool_dict.get(PRM_POOL),
                 prior_mean=self.plugin_config["estimator"].mu)
-            logger.info("PRM worker group ready (%s)", self.plugin_config["prm"].placement)
+            # where the PRM runs, logged with every step's metrics (world-size tests and users read it there)
+            ranks = self.prm_scorer.worker_group.describe()
+            self._prm_layout = {"prm/ranks": float(len(ranks)),
+                                "prm/sharded": float(any(r["sharded"] for r in ranks)),
+                                "prm/own_pool": float(self.plugin_config["prm"].placement == "own_pool")}
+            logger.info("PRM worker group ready (%s): %s", self.plugin_config["prm"].placement, self._prm_layout)
 
     def _build_replay_buffer(self):
         replay_buffer = super()._build_replay_buffer()
@@ -423,6 +429,7 @@ class PRPOTrainerSync(PPOTrainerSync):
                                                         response_mask=mask)
             metrics["timing_s/prm"] = time.perf_counter() - t0
             metrics.update(prm_metrics)
+            metrics.update(self._prm_layout)
             kwargs["prm_scores"] = scores
         elif PRM_SCORES_KEY in b.keys():
             kwargs["prm_scores"] = b[PRM_SCORES_KEY]

