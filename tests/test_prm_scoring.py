@@ -70,13 +70,21 @@ def _batch(policy_tok, problems, *, eos=True, pad_to=None):
     return responses, mask, segment_ids
 
 
+#: PROBLEMS as the PRM sees them: the blank segment "\n\n" of the third response joins the step before it
+STEPS = [PROBLEMS[0][1], PROBLEMS[1][1], ["First,", " $8 - 6 = 2$.\n\n", "Answer: 2."]]
+#: step of every policy segment of PROBLEMS
+SEGMENT_TO_STEP = [[0, 1, 2], [0], [0, 1, 1, 2]]
+
+
 def test_segment_texts_decode_with_policy_tokenizer_and_strip_eos(env):
     policy_tok, _ = env
     responses, mask, seg = _batch(policy_tok, PROBLEMS)
     texts = segment_texts(policy_tok, responses, mask, seg)
-    assert texts == [s for _, s in PROBLEMS]  # EOS removed from the end of the last segment only
-    texts_keep = segment_texts(policy_tok, responses, mask, seg, eos_token_ids=[])
-    assert texts_keep[0][-1].endswith(policy_tok.eos_token)
+    assert texts == STEPS  # EOS removed; the blank segment merged into the step before it
+    # special tokens never reach a step, even when no extra stop id is given
+    texts_no_extra = segment_texts(policy_tok, responses, mask, seg, eos_token_ids=[])
+    assert texts_no_extra == STEPS
+    assert not any(policy_tok.eos_token in t for row in texts_no_extra for t in row)
 
 
 def test_scores_map_back_to_policy_tokens_with_different_tokenizers(env):
@@ -86,14 +94,16 @@ def test_scores_map_back_to_policy_tokens_with_different_tokenizers(env):
     prm_scores, stats = score_batch(prm, policy_tok, responses, mask, seg, questions)
     assert prm_scores.dtype == torch.float32 and prm_scores.shape == responses.shape
     assert torch.all(prm_scores[mask == 0] == 0)
-    for i, (q, segments) in enumerate(PROBLEMS):
-        direct = prm.score([q], [segments])[0]  # the adapter on the decoded segment texts
-        for s, p in enumerate(direct):
+    for i, q in enumerate(questions):
+        direct = prm.score([q], [STEPS[i]])[0]  # the adapter on the step texts
+        for s, step in enumerate(SEGMENT_TO_STEP[i]):
             tokens = (seg[i] == s) & (mask[i] == 1)
             assert tokens.any()
-            assert torch.allclose(prm_scores[i][tokens], torch.tensor(p), atol=1e-5)
+            assert torch.allclose(prm_scores[i][tokens], torch.tensor(direct[step]), atol=1e-5)
     assert stats["model_calls"] == 1
     assert stats["truncated_segments"] == 0
+    assert stats["segments"] == 7 and stats["merged_segments"] == 1
+    assert stats["special_tokens_removed"] == 3  # one EOS per response
     assert stats["response_tokens"] == int(mask.sum())
     assert stats["tokens_per_response_token"] == pytest.approx(stats["prm_tokens"] / int(mask.sum()))
 
@@ -164,7 +174,7 @@ def test_with_the_segmentation_module(env):
     except Exception as exc:  # the module is being written concurrently
         pytest.skip(f"segmentation.segment not usable yet: {exc!r}")
     prm_scores, stats = score_batch(prm, policy_tok, responses, mask, sg.segment_ids, [q for q, _ in PROBLEMS])
-    assert stats["segments"] == int(sg.num_segments.sum())
+    assert stats["segments"] + stats["merged_segments"] == int(sg.num_segments.sum())
     assert torch.all(prm_scores[mask == 0] == 0) and torch.all(prm_scores[mask == 1] > 0)
 
 

@@ -170,6 +170,10 @@ class PRMAdapter:
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ inputs
+    def step_text(self, text: str) -> str:
+        """A step's text as this PRM will read it (the scoring pipeline merges steps this leaves blank)."""
+        return text
+
     def build_inputs(self, question: str, segments: list[str]) -> PRMInputs:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -489,8 +493,12 @@ class QwenMathPRMAdapter(PRMAdapter):
         return self.tokenizer.apply_chat_template(self._messages(question, answer), tokenize=False,
                                                   add_generation_prompt=False)
 
+    def step_text(self, text: str) -> str:
+        """The separator string inside a step is dropped (it would shift the score positions)."""
+        return text.replace(self.step_separator, "")
+
     def build_inputs(self, question: str, segments: list[str]) -> PRMInputs:
-        segs = [s.replace(self.step_separator, "") for s in segments]
+        segs = [self.step_text(s) for s in segments]
         answer = "".join(s + self.step_separator for s in segs)
         text = self._render(question, answer)
         ids = self._encode(text)

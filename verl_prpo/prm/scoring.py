@@ -1,9 +1,18 @@
 """The PRM scoring pipeline in policy-token space.
 
 ``score_batch`` takes the policy's response tokens and a segmentation of them (``segment_ids``, from
-``verl_prpo.segmentation``), decodes every segment with the POLICY tokenizer, lets the PRM adapter score the
-segments with the PRM's own tokenizer (which may differ), and maps each segment's probability back onto the
-policy tokens of that segment: ``prm_scores[i, t] = p[i, segment_ids[i, t]]`` on valid tokens, 0 elsewhere.
+``verl_prpo.segmentation``), turns every segment into a step text with the POLICY tokenizer
+(:func:`build_segment_texts`), lets the PRM adapter score the steps with the PRM's own tokenizer (which may differ),
+and maps each step's probability back onto the policy tokens of its segments:
+``prm_scores[i, t] = p[i, step(segment_ids[i, t])]`` on valid tokens, 0 elsewhere.
+
+The PRM sees the response the outcome grader sees (:mod:`verl_prpo.response_text`): the valid tokens up to the
+first stop token (EOS of the tokenizer or the generation config, a special chat-turn token: a response that runs on
+into a new turn is cut there), special tokens skipped. A segment whose step text is empty or blank once that is
+done (an EOS-only last segment, a segment after the cut, a lone separator string the PRM would drop) is merged
+into the previous step (the first non-blank one when it leads): the PRM never reads a score at a separator right
+after another separator, and every policy segment still gets a score. A response with no text at all gets the
+prior mean on its tokens (counted as ``empty_responses``).
 
 Questions come from the dataset: ``questions_from_batch`` prefers ``extra_info["question"]`` and falls back to
 the content of the last user message of the prompt.
@@ -13,13 +22,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from verl_prpo.prm.adapters import PRMAdapter
+from verl_prpo.response_text import special_token_ids, stop_token_ids
 
 # a last line such as "Please reason step by step, and put your final answer within \boxed{}."
 _BOXED_LINE = re.compile(r"\\boxed\s*\{\s*\}")
@@ -84,27 +95,66 @@ def questions_from_batch(raw_prompts: Sequence[Any] | None, extra_infos: Sequenc
     return out
 
 
-def _eos_ids(policy_tokenizer, eos_token_ids) -> set[int]:
-    if eos_token_ids is not None:
-        ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
-        return {int(i) for i in ids}
-    eos = getattr(policy_tokenizer, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+@dataclass
+class SegmentTexts:
+    """Step texts of a batch and how the policy segments map onto them.
+
+    ``texts[i]``: the steps of response i, none empty or blank. ``segment_to_step[i][s]``: the step that policy
+    segment s of response i belongs to (-1 for every segment of a response without text). Per-response counters:
+    ``special_tokens_removed`` (special tokens among the valid tokens, none of which reaches the PRM),
+    ``run_on_tokens`` (other tokens after the first stop token), ``merged_segments`` (segments that are not a step
+    of their own), ``empty`` (1 for a response with valid tokens but no text).
+    """
+
+    texts: list[list[str]]
+    segment_to_step: list[list[int]]
+    special_tokens_removed: list[int] = field(default_factory=list)
+    run_on_tokens: list[int] = field(default_factory=list)
+    merged_segments: list[int] = field(default_factory=list)
+    empty: list[int] = field(default_factory=list)
 
 
-def segment_texts(policy_tokenizer, responses: torch.Tensor, response_mask: torch.Tensor,
-                  segment_ids: torch.Tensor, *, eos_token_ids=None) -> list[list[str]]:
-    """Decode every segment with the policy tokenizer (``skip_special_tokens=False``).
+def _merge_blank_steps(pieces: list[str]) -> tuple[list[str], list[int]]:
+    """Steps from segment texts: a blank text joins the previous step (or the next one while none exists yet).
 
-    A trailing EOS token of the last segment is removed before decoding (the PRM should not see it).
-    Segments must be numbered 0..S_i-1 on valid tokens, each non-empty.
+    Returns the steps and, per segment, its step index (all -1 when every text is blank).
+    """
+    steps: list[str] = []
+    owner: list[int] = []
+    pending = ""  # blank texts before the first step
+    for text in pieces:
+        if text.strip():
+            steps.append(pending + text)
+            pending = ""
+        elif steps:
+            steps[-1] += text
+        else:
+            pending += text
+        owner.append(len(steps) - 1)
+    if steps:
+        first = owner.index(0) if 0 in owner else len(owner)
+        owner[:first] = [0] * first  # leading blank segments belong to the first step
+    return steps, owner
+
+
+def build_segment_texts(policy_tokenizer, responses: torch.Tensor, response_mask: torch.Tensor,
+                        segment_ids: torch.Tensor, *, eos_token_ids=None,
+                        step_text: Callable[[str], str] | None = None) -> SegmentTexts:
+    """Decode every segment with the policy tokenizer into the step text the PRM scores (module docstring).
+
+    Args:
+        responses, response_mask, segment_ids: ``(B, L)``; segments numbered 0..S_i-1 on valid tokens, contiguous
+            and non-decreasing, each non-empty.
+        eos_token_ids: more ids that end a response (the generation config's EOS ids), besides the tokenizer's EOS
+            and its special chat-turn tokens (:func:`verl_prpo.response_text.stop_token_ids`).
+        step_text: what the PRM adapter makes of a step's text (``PRMAdapter.step_text``: the Qwen adapter drops
+            its separator string); a step is blank if this leaves only whitespace.
     """
     if responses.shape != response_mask.shape or responses.shape != segment_ids.shape:
         raise ValueError(f"responses {tuple(responses.shape)}, response_mask {tuple(response_mask.shape)} and "
                          f"segment_ids {tuple(segment_ids.shape)} must have the same shape")
-    eos = _eos_ids(policy_tokenizer, eos_token_ids)
+    stop = torch.tensor(sorted(stop_token_ids(policy_tokenizer, eos_token_ids)), dtype=torch.long)
+    special = torch.tensor(sorted(special_token_ids(policy_tokenizer)), dtype=torch.long)
     mask = response_mask.bool().cpu()
     resp = responses.long().cpu()
     seg = segment_ids.long().cpu()
@@ -112,33 +162,52 @@ def segment_texts(policy_tokenizer, responses: torch.Tensor, response_mask: torc
         bad = int(torch.nonzero((seg < 0) & mask)[0, 0])
         raise ValueError(f"response {bad}: segment_ids is negative on a valid token")
     pieces: list[list[int]] = []
-    owners: list[int] = []
     counts: list[int] = []
+    out = SegmentTexts([], [])
     for i in range(resp.shape[0]):
         valid = mask[i]
         ids_i = resp[i][valid]
         seg_i = seg[i][valid]
-        if ids_i.numel() == 0:
+        n = ids_i.numel()
+        if n == 0:
             counts.append(0)
+            out.special_tokens_removed.append(0)
+            out.run_on_tokens.append(0)
             continue
         n_seg = int(seg_i.max()) + 1
         sizes = torch.bincount(seg_i, minlength=n_seg)
         if (sizes == 0).any() or (seg_i[1:] < seg_i[:-1]).any():
             raise ValueError(f"response {i}: segment ids must be contiguous, non-decreasing 0..S-1 on valid tokens")
-        parts = list(torch.split(ids_i, sizes.tolist()))
-        last = parts[-1]
-        if eos and last.numel() > 0 and int(last[-1]) in eos:
-            parts[-1] = last[:-1]
-        pieces.extend(p.tolist() for p in parts)
-        owners.extend([i] * n_seg)
+        stops = torch.nonzero(torch.isin(ids_i, stop))
+        cut = int(stops[0, 0]) if stops.numel() else n  # the response ends at its first stop token
+        is_special = torch.isin(ids_i, special)
+        out.special_tokens_removed.append(int(is_special.sum()))
+        out.run_on_tokens.append(int((~is_special[cut:]).sum()))
+        text_ids = ids_i[:cut].masked_fill(is_special[:cut], -1)  # -1: dropped below (special tokens)
+        parts = torch.split(torch.cat([text_ids, ids_i.new_full((n - cut,), -1)]), sizes.tolist())
+        pieces.extend([t for t in p.tolist() if t >= 0] for p in parts)
         counts.append(n_seg)
-    texts = policy_tokenizer.batch_decode(pieces, skip_special_tokens=False) if pieces else []
-    out: list[list[str]] = []
+    decoded = policy_tokenizer.batch_decode(pieces, skip_special_tokens=True) if pieces else []
     k = 0
     for c in counts:
-        out.append(list(texts[k: k + c]))
+        texts_i = decoded[k: k + c]
         k += c
+        if step_text is not None:
+            texts_i = [step_text(t) for t in texts_i]
+        steps, owner = _merge_blank_steps(texts_i)
+        out.texts.append(steps)
+        out.segment_to_step.append(owner)
+        out.merged_segments.append(c - len(steps) if steps else c)
+        out.empty.append(int(c > 0 and not steps))
     return out
+
+
+def segment_texts(policy_tokenizer, responses: torch.Tensor, response_mask: torch.Tensor,
+                  segment_ids: torch.Tensor, *, eos_token_ids=None) -> list[list[str]]:
+    """The step texts of every response (:func:`build_segment_texts`): never an empty or blank string, never the
+    text of a special token; a response without text has no step. A step may hold several policy segments."""
+    return build_segment_texts(policy_tokenizer, responses, response_mask, segment_ids,
+                               eos_token_ids=eos_token_ids).texts
 
 
 def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, response_mask: torch.Tensor,
@@ -146,33 +215,47 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
                 eos_token_ids=None, sync_num_forwards=None) -> tuple[torch.Tensor, dict[str, Any]]:
     """PRM probabilities per policy token.
 
-    Returns ``prm_scores`` (B, L) float32 — every valid token carries the probability of its segment, 0 outside
-    the mask — and the adapter's stats (``truncated_segments``, ``truncated_questions``, ``prm_tokens``,
-    ``model_calls``, per-response lists under ``per_response``) plus ``response_tokens``,
-    ``tokens_per_response_token`` and ``time_s`` (seconds: ``decode`` policy tokens to segment texts, ``build`` PRM
-    tokenisation, ``forward`` the PRM forwards and read-out, ``map`` scores back onto policy tokens). Segments beyond the PRM's ``max_length`` get ``prior_mean`` (counted).
+    Returns ``prm_scores`` (B, L) float32 — every valid token carries the probability of its segment's step, 0
+    outside the mask — and the adapter's stats (``truncated_segments``, ``truncated_questions``, ``prm_tokens``,
+    ``segments`` (steps scored), ``model_calls``, per-response lists under ``per_response``) plus
+    ``special_tokens_removed``, ``run_on_tokens``, ``merged_segments``, ``empty_responses`` (totals and per
+    response, :class:`SegmentTexts`), ``response_tokens``, ``tokens_per_response_token`` and ``time_s`` (seconds:
+    ``decode`` policy tokens to step texts, ``build`` PRM tokenisation, ``forward`` the PRM forwards and read-out,
+    ``map`` scores back onto policy tokens). Steps beyond the PRM's ``max_length`` and responses without text get
+    ``prior_mean`` (counted). ``eos_token_ids``: extra stop ids (the generation config's EOS).
     """
     questions = list(questions)
     if len(questions) != responses.shape[0]:
         raise ValueError(f"{len(questions)} questions for {responses.shape[0]} responses")
     t0 = time.perf_counter()
-    texts = segment_texts(policy_tokenizer, responses, response_mask, segment_ids, eos_token_ids=eos_token_ids)
+    st = build_segment_texts(policy_tokenizer, responses, response_mask, segment_ids, eos_token_ids=eos_token_ids,
+                             step_text=adapter.step_text)
     t1 = time.perf_counter()
-    scores, stats = adapter.score_with_stats(questions, texts, fallback=prior_mean,
+    scores, stats = adapter.score_with_stats(questions, st.texts, fallback=prior_mean,
                                              sync_num_forwards=sync_num_forwards)
     t2 = time.perf_counter()
     B, L = responses.shape
-    n_max = max((len(s) for s in scores), default=0)
+    # (B, S) score of every policy segment: its step's score; a response without text: the prior mean
+    n_max = max((len(m) for m in st.segment_to_step), default=0)
     table = torch.zeros((B, max(n_max, 1)), dtype=torch.float32)
-    for i, s in enumerate(scores):
-        if s:
-            table[i, : len(s)] = torch.tensor(s, dtype=torch.float32)
+    for i, (s, owner) in enumerate(zip(scores, st.segment_to_step)):
+        if len(s) != (max(owner) + 1 if owner else 0):
+            raise RuntimeError(f"response {i}: the PRM returned {len(s)} scores for {max(owner, default=-1) + 1} "
+                               "steps")
+        if owner:
+            per_segment = [s[k] if k >= 0 else float(prior_mean) for k in owner]
+            table[i, : len(owner)] = torch.tensor(per_segment, dtype=torch.float32)
     mask = response_mask.bool().cpu()
     idx = segment_ids.long().cpu().clamp(min=0, max=table.shape[1] - 1)
     prm_scores = torch.gather(table, 1, idx) * mask
     response_tokens = int(mask.sum())
     stats["response_tokens"] = response_tokens
     stats["tokens_per_response_token"] = stats["prm_tokens"] / response_tokens if response_tokens else 0.0
+    per = stats.setdefault("per_response", {})
+    for key, values in (("special_tokens_removed", st.special_tokens_removed), ("run_on_tokens", st.run_on_tokens),
+                        ("merged_segments", st.merged_segments), ("empty_responses", st.empty)):
+        per[key] = list(values)
+        stats[key] = int(sum(values))
     timing = stats.setdefault("time_s", {})
     timing["decode"] = t1 - t0
     timing["map"] = time.perf_counter() - t2
@@ -185,9 +268,12 @@ def prm_metrics(prm_scores: torch.Tensor, response_mask: torch.Tensor, stats: Ma
 
     * ``prm/tokens_per_response_token``: PRM input tokens / policy response tokens (from ``stats``).
     * ``prm/truncated_segments``: segments that got the fallback score (from ``stats``).
+    * ``prm/special_tokens_removed``, ``prm/run_on_tokens``, ``prm/merged_segments``, ``prm/empty_responses``:
+      what the step texts left out or merged (from ``stats``, :class:`SegmentTexts`).
     * ``prm/score_mean``, ``prm/score_std``: over valid tokens (token-weighted, as the estimators see them).
     * ``prm/agreement``: fraction of responses (with at least one valid token) whose token-mean PRM score > 0.5
-      agrees with the outcome (``correctness > 0.5``; pass booleans, 0/1 or the +-1 reward), if given.
+      agrees with the outcome (``correctness > 0.5``; pass booleans, 0/1 or the +-1 outcome score), if given.
+      The trainer passes the outcome reward without the KL penalty (``token_level_scores``).
     """
     mask = response_mask.bool()
     out: dict[str, float] = {}
@@ -201,6 +287,9 @@ def prm_metrics(prm_scores: torch.Tensor, response_mask: torch.Tensor, stats: Ma
             out["prm/truncated_segments"] = float(stats["truncated_segments"])
         if "truncated_questions" in stats:
             out["prm/truncated_questions"] = float(stats["truncated_questions"])
+        for key in ("special_tokens_removed", "run_on_tokens", "merged_segments", "empty_responses"):
+            if key in stats:
+                out[f"prm/{key}"] = float(stats[key])
     vals = prm_scores[mask].double()
     out["prm/score_mean"] = float(vals.mean()) if vals.numel() else 0.0
     out["prm/score_std"] = float(vals.std(unbiased=False)) if vals.numel() else 0.0

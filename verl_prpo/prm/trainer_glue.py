@@ -24,10 +24,12 @@ logger = logging.getLogger(__name__)
 class PRMScorer:
     """Owns the PRM worker group and turns a training batch into per-token PRM scores plus metrics."""
 
-    def __init__(self, worker_group, prm_config: PRMConfig, prior_mean: float = 0.5):
+    def __init__(self, worker_group, prm_config: PRMConfig, prior_mean: float = 0.5, stop_token_ids=()):
         self.worker_group = worker_group
         self.config = prm_config
         self.prior_mean = prior_mean
+        #: ids that end a response besides the policy tokenizer's own EOS and chat-turn tokens (generation config)
+        self.stop_token_ids = sorted(int(t) for t in stop_token_ids)
 
     @classmethod
     def create(cls, prm_config: PRMConfig, config, *, actor_pool, prm_pool=None, tokenizer=None,
@@ -43,7 +45,7 @@ class PRMScorer:
         model = config.actor_rollout_ref.model
         tok_path = model.get("tokenizer_path") or model.get("local_path") or model.path
         wg = create_prm_worker_group(prm_config, tok_path, pool, name_prefix="prm")
-        return cls(wg, prm_config, prior_mean=prior_mean)
+        return cls(wg, prm_config, prior_mean=prior_mean, stop_token_ids=_generation_eos(model))
 
     def score(self, batch, data, segment_ids: torch.Tensor, correct: torch.Tensor | None = None,
               response_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -65,11 +67,33 @@ class PRMScorer:
         b = data.batch
         mask = b["response_mask"] if response_mask is None else response_mask
         scores, stats = compute_prm_scores_with_group(
-            self.worker_group, b["responses"], mask, segment_ids, questions, prior_mean=self.prior_mean)
+            self.worker_group, b["responses"], mask, segment_ids, questions, prior_mean=self.prior_mean,
+            stop_token_ids=self.stop_token_ids)
         metrics = prm_metrics(scores, mask, stats, correct)
         if stats.get("truncated_segments"):
             logger.warning("PRM: %d segments did not fit prm.max_length=%d and got the prior mean %.3f",
                            stats["truncated_segments"], self.config.max_length, self.prior_mean)
+        if stats.get("empty_responses"):
+            logger.warning("PRM: %d response(s) have no text once special tokens are removed; their tokens get "
+                           "the prior mean %.3f (prm/empty_responses)", stats["empty_responses"], self.prior_mean)
         return scores, metrics
+
+
+def _generation_eos(model_config) -> list[int]:
+    """EOS ids of the policy's generation config (``actor_rollout_ref.model``: local copy of ``path``)."""
+    from verl_prpo.response_text import generation_config_eos
+
+    path = model_config.get("local_path") or model_config.get("path")
+    if not path:
+        return []
+    try:
+        from verl.utils.fs import copy_to_local
+
+        path = copy_to_local(str(path))
+    except Exception as exc:  # noqa: BLE001 - no local copy: the tokenizer's stop tokens only
+        logger.warning("PRM: no local copy of %s for its generation config (%r); responses end at the tokenizer's "
+                       "EOS and chat-turn tokens only", path, exc)
+        return []
+    return generation_config_eos(path)
 
 

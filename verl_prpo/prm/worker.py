@@ -26,9 +26,11 @@ Placement, sharding and dtype (decided in ``init_model``; ``plan_placement`` is 
 
 Input ``DataProto``: batch ``responses`` (B, L) long, ``response_mask`` (B, L), ``prm_segment_ids`` (B, L) long
 (-1 outside the mask), non-tensor ``question`` (B,) object array of str; optional ``meta_info["prior_mean"]``
-(the fallback score of segments beyond ``prm.max_length``, default 0.5).
-Output ``DataProto``: batch ``prm_scores`` (B, L) float32 and per-row counters ``prm_num_segments``,
-``prm_truncated_segments``, ``prm_truncated_question``, ``prm_tokens`` (B,) long. Per-rank model-call counts go
+(the fallback score of segments beyond ``prm.max_length``, default 0.5) and ``meta_info["stop_token_ids"]`` (ids
+that end a response besides the policy tokenizer's own: the generation config's EOS).
+Output ``DataProto``: batch ``prm_scores`` (B, L) float32 and per-row counters ``prm_num_segments`` (steps scored),
+``prm_truncated_segments``, ``prm_truncated_question``, ``prm_tokens``, ``prm_special_tokens_removed``,
+``prm_run_on_tokens``, ``prm_merged_segments``, ``prm_empty_response`` (B,) long (``prm.scoring.SegmentTexts``). Per-rank model-call counts go
 into ``meta_info["metrics"]`` (which ``DataProto.concat`` gathers into lists); nothing else rank-specific is put in
 ``meta_info`` because ``DataProto.concat`` asserts it is identical across ranks.
 """
@@ -50,8 +52,13 @@ from verl_prpo.prm.config import PRMConfig
 
 logger = logging.getLogger(__name__)
 
+#: fault injection for the failure-path test: the PRM rank with this number raises in ``compute_prm_scores``, as a
+#: rank that rejects its rows does, while the others stay healthy (tests/test_multirank.py)
+FAULT_ENV = "VERL_PRPO_PRM_FAIL_RANK"
+
 #: per-row counters returned next to ``prm_scores``
-ROW_STAT_KEYS = ("prm_num_segments", "prm_truncated_segments", "prm_truncated_question", "prm_tokens")
+ROW_STAT_KEYS = ("prm_num_segments", "prm_truncated_segments", "prm_truncated_question", "prm_tokens",
+                 "prm_special_tokens_removed", "prm_run_on_tokens", "prm_merged_segments", "prm_empty_response")
 
 
 def plan_placement(*, sharding: str, use_cuda: bool, world_size: int, ranks_per_node: int, param_bytes: int,
@@ -311,6 +318,7 @@ class PRMWorker(Worker):
         segment_ids = data.batch["prm_segment_ids"]
         questions = [str(q) for q in data.non_tensor_batch["question"].tolist()]
         prior_mean = float(data.meta_info.get("prior_mean", 0.5))
+        stop_ids = data.meta_info.get("stop_token_ids") or None
         self._agreed_forwards = None
         calls_before = self.adapter.total_model_calls
         error: BaseException | None = None
@@ -318,9 +326,12 @@ class PRMWorker(Worker):
         if self._offload:
             self._params_to_device()
         try:
+            if os.environ.get(FAULT_ENV) == str(self.rank):
+                raise ValueError(f"injected PRM failure on rank {self.rank} ({FAULT_ENV}; a test of the failure path)")
             scores, stats = score_batch(
                 self.adapter, self.policy_tokenizer, responses, response_mask, segment_ids, questions,
-                prior_mean=prior_mean, sync_num_forwards=self._sync_num_forwards if self.sharded else None,
+                prior_mean=prior_mean, eos_token_ids=stop_ids,
+                sync_num_forwards=self._sync_num_forwards if self.sharded else None,
             )
         except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank together
             error = exc
@@ -342,6 +353,10 @@ class PRMWorker(Worker):
             "prm_truncated_segments": torch.tensor(per["truncated_segments"], dtype=torch.long),
             "prm_truncated_question": torch.tensor(per["truncated_questions"], dtype=torch.long),
             "prm_tokens": torch.tensor(per["prm_tokens"], dtype=torch.long),
+            "prm_special_tokens_removed": torch.tensor(per["special_tokens_removed"], dtype=torch.long),
+            "prm_run_on_tokens": torch.tensor(per["run_on_tokens"], dtype=torch.long),
+            "prm_merged_segments": torch.tensor(per["merged_segments"], dtype=torch.long),
+            "prm_empty_response": torch.tensor(per["empty_responses"], dtype=torch.long),
         }
         metrics = {"prm_model_calls": stats["model_calls"], "prm_dummy_model_calls": stats["dummy_model_calls"]}
         return DataProto.from_dict(tensors=tensors, meta_info={"metrics": metrics})
@@ -398,11 +413,13 @@ def create_prm_worker_group(prm_config, policy_tokenizer_path: str, resource_poo
 
 
 def compute_prm_scores_with_group(worker_group, responses: torch.Tensor, response_mask: torch.Tensor,
-                                  segment_ids: torch.Tensor, questions, prior_mean: float = 0.5
-                                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+                                  segment_ids: torch.Tensor, questions, prior_mean: float = 0.5,
+                                  stop_token_ids=None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Score a batch with a ``PRMWorker`` group; returns ``(prm_scores (B, L) float32, stats)`` like ``score_batch``.
 
-    Pads the batch to a multiple of the group's world size (repeating the last row) and removes the padding.
+    ``stop_token_ids``: ids that end a response besides the policy tokenizer's EOS and chat-turn tokens (the
+    generation config's EOS ids). Pads the batch to a multiple of the group's world size (repeating the last row)
+    and removes the padding.
     """
     from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 
@@ -413,12 +430,14 @@ def compute_prm_scores_with_group(worker_group, responses: torch.Tensor, respons
     if B == 0:
         return torch.zeros(responses.shape, dtype=torch.float32), {
             "truncated_segments": 0, "truncated_questions": 0, "prm_tokens": 0, "segments": 0, "responses": 0,
-            "model_calls": 0, "dummy_model_calls": 0, "response_tokens": 0, "tokens_per_response_token": 0.0}
+            "model_calls": 0, "dummy_model_calls": 0, "response_tokens": 0, "tokens_per_response_token": 0.0,
+            "special_tokens_removed": 0, "run_on_tokens": 0, "merged_segments": 0, "empty_responses": 0}
     data = DataProto.from_dict(
         tensors={"responses": responses.long().cpu(), "response_mask": response_mask.cpu(),
                  "prm_segment_ids": segment_ids.long().cpu()},
         non_tensors={"question": np.array(questions, dtype=object)},
-        meta_info={"prior_mean": float(prior_mean)},
+        meta_info={"prior_mean": float(prior_mean),
+                   "stop_token_ids": sorted(int(t) for t in (stop_token_ids or ()))},
     )
     padded, pad = pad_dataproto_to_divisor(data, worker_group.world_size)
     out = worker_group.compute_prm_scores(padded)
@@ -439,5 +458,9 @@ def compute_prm_scores_with_group(worker_group, responses: torch.Tensor, respons
         "dummy_model_calls": int(sum(dummies if isinstance(dummies, list) else [dummies])),
         "response_tokens": response_tokens,
         "tokens_per_response_token": prm_tokens / response_tokens if response_tokens else 0.0,
+        "special_tokens_removed": int(out.batch["prm_special_tokens_removed"].sum()),
+        "run_on_tokens": int(out.batch["prm_run_on_tokens"].sum()),
+        "merged_segments": int(out.batch["prm_merged_segments"].sum()),
+        "empty_responses": int(out.batch["prm_empty_response"].sum()),
     }
     return scores, stats
