@@ -38,6 +38,15 @@ WORKER_EXTENSION = f"{__name__}.CPUWorkerExtension"
 KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
+class _RotaryCacheNotLoaded(logging.Filter):
+    """Drops layerwise reload's "RotaryEmbedding: Failed to load weights", logged at every sync: the rotary cache is
+    computed, never part of a checkpoint, and reload keeps it as it was. Every other layer's warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args
+                    and record.args[0] == "RotaryEmbedding")
+
+
 class CPUWorkerExtension(vLLMColocateWorkerExtension):
     """Weight sync into vLLM's CPU model through vLLM's layerwise reload."""
 
@@ -51,6 +60,9 @@ class CPUWorkerExtension(vLLMColocateWorkerExtension):
 
         if self.device is None:
             self.device = torch.device("cpu")
+        reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        if not any(isinstance(f, _RotaryCacheNotLoaded) for f in reload_log.filters):
+            reload_log.addFilter(_RotaryCacheNotLoaded())
         models = list(self._iter_all_models_with_config())
         for model, _ in models:
             initialize_layerwise_reload(model)
