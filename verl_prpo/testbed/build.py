@@ -11,19 +11,27 @@
 * **Data**: RL prompts (train) and held-out problems (eval) in verl's RL parquet; the eval questions never occur
   in SFT, PRM or RL training.
 
-Everything is saved with ``save_pretrained`` under one folder with a ``testbed.json`` manifest (settings and
-measured figures). ``build_testbed(out)`` returns at once when the manifest matches the settings.
-Command line: ``python -m verl_prpo.testbed.build --out DIR``.
+Everything is saved with ``save_pretrained`` (safetensors) under one folder with a ``testbed.json`` manifest
+(settings, measured figures, build environment).
+
+**Pinned testbeds.** A from-scratch build lands where float rounding (CPU, thread count, library versions) takes it,
+so each version is built once and committed as a small artefact, ``testbed_artifacts/v<version>/`` at the repository
+root (not installed by pip), with ``SHA256SUMS``. ``build_testbed(out)`` copies it into ``out`` (default
+``$VERL_PRPO_CACHE/testbed``) after verifying every checksum, and trains from scratch only with ``rebuild=True``
+(``--rebuild``) or for settings no artefact has. Command line: ``python -m verl_prpo.testbed.build [--out DIR]
+[--rebuild] [--pin]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +54,11 @@ CHAT_TEMPLATE = (
 PRE_TOKEN_PATTERN = r"\d|[\r\n]+| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+"
 DATA_SOURCE = "verl_prpo/chain_arithmetic"
 DEFAULT_DIR = Path(os.environ.get("VERL_PRPO_CACHE", Path.home() / ".cache" / "verl_prpo")) / "testbed"
+ARTIFACTS_ENV = "VERL_PRPO_TESTBED_ARTIFACTS"
+CHECKSUMS = "SHA256SUMS"
+PINNED_PARTS = ("tokenizer", "policy", "prm", "data")  # with testbed.json: what a pinned testbed holds
+REQUIRED_FILES = ("tokenizer/tokenizer.json", "policy/config.json", "policy/model.safetensors", "prm/config.json",
+                  "prm/model.safetensors", "data/train.parquet", "data/eval.parquet", "data/eval.jsonl")
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,7 @@ class Testbed:
     train_parquet = property(lambda self: self.root / "data" / "train.parquet")
     eval_parquet = property(lambda self: self.root / "data" / "eval.parquet")
     eval_jsonl = property(lambda self: self.root / "data" / "eval.jsonl")
+    origin = property(lambda self: self.manifest.get("origin"))  # "pinned" (a verified copy) or "built" (here)
 
     def eval_problems(self) -> list[task.Problem]:
         rows = [json.loads(line) for line in self.eval_jsonl.read_text().splitlines() if line.strip()]
@@ -350,18 +364,180 @@ def _policy_settings(s: TestbedSettings) -> dict:
                               "policy_kv_heads", "sft_steps", "batch_size", "lr", "version")}
 
 
-def build_testbed(out: Path | str = DEFAULT_DIR, settings: TestbedSettings | None = None, *,
-                  rebuild: bool = False) -> Testbed:
-    """Build (or reuse) the testbed under ``out``; the manifest records settings and measured figures."""
+# ---------------------------------------------------------------------------------------------------- pinned artefact
+class PinnedTestbedError(RuntimeError):
+    """A pinned testbed artefact whose files do not match its ``SHA256SUMS``."""
+
+
+def artifacts_dir() -> Path:
+    """Where the pinned testbeds are: ``$VERL_PRPO_TESTBED_ARTIFACTS``, else ``testbed_artifacts/`` of the repository
+    checkout this package runs from (pip does not install that folder; a non-editable install finds none)."""
+    env = os.environ.get(ARTIFACTS_ENV, "").strip()
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "testbed_artifacts"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _testbed_files(root: Path) -> list[str]:
+    """The files that make a testbed (relative POSIX paths): models, tokenizer, data and the manifest; not the
+    build's stage marker or training runs."""
+    files = sorted(p.relative_to(root).as_posix() for part in PINNED_PARTS for p in (root / part).rglob("*")
+                   if p.is_file())
+    return files + ["testbed.json"]
+
+
+def read_checksums(folder: Path) -> dict[str, str]:
+    """``SHA256SUMS`` of ``folder`` (``sha256sum`` format: hex digest, two spaces, relative path) as {path: digest}."""
+    path = folder / CHECKSUMS
+    if not path.exists():
+        raise PinnedTestbedError(f"pinned testbed {folder} has no {CHECKSUMS}; restore the folder from git "
+                                 "(git checkout -- <folder>) or rebuild with python -m verl_prpo.testbed.build --rebuild")
+    sums = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or not rel:
+            raise PinnedTestbedError(f"{path}, line {n}: expected '<sha256>  <path>', got {line!r}")
+        sums[rel] = digest
+    return sums
+
+
+def checksum_mismatches(folder: Path, sums: dict[str, str]) -> list[str]:
+    """One line per file of ``sums`` that is missing from ``folder`` or has another SHA-256 (empty when all match)."""
+    bad = []
+    for rel, want in sums.items():
+        f = folder / rel
+        if not f.is_file():
+            bad.append(f"{rel}: missing")
+        elif (got := _sha256(f)) != want:
+            bad.append(f"{rel}: SHA-256 {got}, expected {want}")
+    return bad
+
+
+def pinned_testbed(settings: TestbedSettings, artifacts: Path | str | None = None) -> Path | None:
+    """The pinned artefact folder for ``settings`` (``<artifacts>/v<version>``), checksums verified; ``None`` when
+    there is none or it was built with other settings. Raises ``PinnedTestbedError`` when a file does not match."""
+    root = (Path(artifacts) if artifacts is not None else artifacts_dir()) / f"v{settings.version}"
+    marker = root / "testbed.json"
+    if not marker.exists():
+        return None
+    if json.loads(marker.read_text()).get("settings") != asdict(settings):
+        return None
+    bad = checksum_mismatches(root, read_checksums(root))
+    if bad:
+        raise PinnedTestbedError(
+            f"pinned testbed {root} does not match its {CHECKSUMS}:\n  " + "\n  ".join(bad) + "\nThe files were "
+            "changed or damaged (a Git LFS pointer, a line-ending conversion, a partial checkout?). Restore them with "
+            f"git checkout -- {root}, or build from scratch with python -m verl_prpo.testbed.build --rebuild.")
+    return root
+
+
+def _install_pinned(src: Path, dest: Path, sums: dict[str, str]) -> None:
+    """Copy the pinned files into ``dest`` (the testbed parts there are replaced; training runs are kept)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "testbed.json").unlink(missing_ok=True)  # written last: a half-copied folder has no manifest
+    (dest / "policy_stage.json").unlink(missing_ok=True)
+    for part in PINNED_PARTS:
+        shutil.rmtree(dest / part, ignore_errors=True)
+    for rel in sorted(sums, key=lambda r: r == "testbed.json"):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, dest / rel)
+    shutil.copyfile(src / CHECKSUMS, dest / CHECKSUMS)
+    bad = checksum_mismatches(dest, sums)
+    if bad:
+        raise PinnedTestbedError(f"copy of the pinned testbed {src} into {dest} does not match:\n  " + "\n  ".join(bad))
+
+
+def pin_testbed(tb: Testbed, artifacts: Path | str | None = None) -> Path:
+    """Write the testbed ``tb`` as the pinned artefact ``<artifacts>/v<version>``: its files, the manifest (origin
+    ``pinned``), ``SHA256SUMS`` and a README with the build command. Refuses to overwrite an existing artefact (a
+    changed testbed is a new version)."""
+    dest = (Path(artifacts) if artifacts is not None else artifacts_dir()) / f"v{tb.settings.version}"
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} exists: a pinned testbed is never overwritten; bump TestbedSettings.version "
+                              "or remove the folder on purpose")
+    if tb.manifest.get("settings") != asdict(tb.settings):
+        raise ValueError(f"{tb.root} holds no built testbed with these settings")
+    files = _testbed_files(tb.root)
+    missing = sorted(set(REQUIRED_FILES) - set(files))
+    if missing:
+        raise ValueError(f"{tb.root} is not a complete testbed: {missing} missing")
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in files[:-1]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tb.root / rel, dest / rel)
+    manifest = {**tb.manifest, "origin": "pinned"}
+    (dest / "testbed.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (dest / CHECKSUMS).write_text("".join(f"{_sha256(dest / rel)}  {rel}\n" for rel in files))
+    v, pol, prm, build = tb.settings.version, manifest["policy"], manifest["prm"], manifest.get("build", {})
+    (dest / "README.md").write_text(
+        f"# Pinned testbed, version {v}\n\n"
+        "The credit-assignment testbed (`verl_prpo/testbed/`) as built once, so that it is the same on every machine: "
+        "`build_testbed()` copies this folder into the cache when the settings in `testbed.json` are its own, after "
+        f"checking every file against `{CHECKSUMS}` (`sha256sum -c {CHECKSUMS}` here does the same check).\n\n"
+        f"- policy: {pol['params']} parameters, SFT sampled accuracy {pol['sft_accuracy']:.3f} (avg@4, T = 1), "
+        f"greedy {pol['sft_greedy_accuracy']:.3f} on the 200 held-out problems\n"
+        f"- PRM: {prm['params']} parameters, held-out step accuracy {prm['step_accuracy']:.3f}, "
+        f"AUC {prm['step_auc']:.3f}\n"
+        f"- built in {manifest['build_s']:.0f} s with `{build.get('command')}`, {build.get('torch_threads')} torch "
+        f"thread(s), torch {build.get('torch')} (the rest under `build` in `testbed.json`)\n\n"
+        "Rebuild from scratch (the figures then depend on the machine, the thread count and the library versions): "
+        "`python -m verl_prpo.testbed.build --rebuild --out DIR`; pin a new version (after bumping "
+        "`TestbedSettings.version`): `python -m verl_prpo.testbed.build --rebuild --out DIR --pin`.\n")
+    bad = checksum_mismatches(dest, read_checksums(dest))
+    if bad:
+        raise PinnedTestbedError(f"{dest} was written but does not match its checksums:\n  " + "\n  ".join(bad))
+    return dest
+
+
+def _read_manifest(root: Path) -> dict | None:
+    marker = root / "testbed.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def build_testbed(out: Path | str = DEFAULT_DIR, settings: TestbedSettings | None = None, *, rebuild: bool = False,
+                  artifacts: Path | str | None = None) -> Testbed:
+    """The testbed under ``out`` for ``settings`` (default: the current version), in this order:
+
+    1. ``rebuild``: trained from scratch (manifest origin ``built``);
+    2. ``out`` holds a from-scratch build with these settings: reused as it is;
+    3. a pinned artefact has these settings (``<artifacts>/v<version>``, default :func:`artifacts_dir`): its
+       checksums are verified (``PinnedTestbedError`` on a mismatch) and it is copied into ``out``, unless ``out``
+       already holds an identical copy (origin ``pinned``);
+    4. ``out`` holds a testbed with these settings: reused;
+    5. otherwise trained from scratch (about 7 min on 2 cores), with a logged warning.
+    """
     s = settings or TestbedSettings()
     tb = Testbed(Path(out).expanduser().resolve(), s)
-    marker = tb.root / "testbed.json"
-    if not rebuild and marker.exists():
-        manifest = json.loads(marker.read_text())
-        if manifest.get("settings") == asdict(s):
-            tb.manifest = manifest
-            return tb
-    return _build_from_scratch(tb, rebuild=rebuild)
+    if rebuild:
+        return _build_from_scratch(tb, rebuild=True)
+    cached = _read_manifest(tb.root)
+    same_settings = cached is not None and cached.get("settings") == asdict(s)
+    if same_settings and cached.get("origin") == "built":
+        logger.info("testbed: %s is a local from-scratch build (version %d); remove it to use the pinned one",
+                    tb.root, s.version)
+        tb.manifest = cached
+        return tb
+    pinned = pinned_testbed(s, artifacts)
+    if pinned is not None:
+        sums = read_checksums(pinned)
+        if not (same_settings and not checksum_mismatches(tb.root, sums)):
+            logger.info("testbed: installing the pinned testbed %s into %s", pinned, tb.root)
+            _install_pinned(pinned, tb.root, sums)
+        tb.manifest = _read_manifest(tb.root)
+        return tb
+    if same_settings:
+        tb.manifest = cached
+        return tb
+    logger.warning("testbed: no pinned testbed with these settings in %s; training it from scratch (about 7 min on 2 "
+                   "cores; its figures depend on the machine and thread count)",
+                   Path(artifacts) if artifacts is not None else artifacts_dir())
+    return _build_from_scratch(tb, rebuild=False)
 
 
 def _build_info() -> dict:
@@ -384,7 +560,8 @@ def _build_info() -> dict:
             "commit": commit, "torch": torch.__version__, "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs)".replace("  ", " "),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}}
 
 
 def _build_from_scratch(tb: Testbed, *, rebuild: bool) -> Testbed:
@@ -435,10 +612,17 @@ def _build_from_scratch(tb: Testbed, *, rebuild: bool) -> Testbed:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DEFAULT_DIR))
-    p.add_argument("--rebuild", action="store_true", help="train everything from scratch")
+    p.add_argument("--rebuild", action="store_true",
+                   help="train everything from scratch instead of copying the pinned testbed")
+    p.add_argument("--pin", action="store_true",
+                   help="then write the testbed in --out as the pinned artefact <artifacts>/v<version> (maintainers)")
+    p.add_argument("--artifacts", default=None,
+                   help=f"folder of the pinned testbeds (default: ${ARTIFACTS_ENV}, else the checkout's testbed_artifacts/)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    tb = build_testbed(args.out, rebuild=args.rebuild)
+    tb = build_testbed(args.out, rebuild=args.rebuild, artifacts=args.artifacts)
+    if args.pin:
+        logger.info("testbed: pinned as %s", pin_testbed(tb, args.artifacts))
     print(json.dumps(tb.manifest, indent=1))
 
 
