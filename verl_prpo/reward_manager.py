@@ -114,6 +114,32 @@ def grading_timeout_count(reward_extra_infos) -> int:
                    if isinstance(info, dict)))
 
 
+def grading_timeout_metrics(batch) -> dict[str, float]:
+    """``{"reward/grading_timeouts": n}`` for a training batch (a TransferQueue ``KVBatchMeta``): the responses whose
+    grading timed out. The flag reaches TransferQueue as the sample field ``grading_timeout`` (rewards computed by the
+    trainer's reward loop) or in ``extra_fields["reward_extra_info"]`` (rewards computed in the agent loop); {} when
+    the batch has neither (another reward manager)."""
+    import torch
+    import transfer_queue as tq
+
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                           select_fields=[TIMEOUT_KEY, "extra_fields"])
+    fields = set(data.keys())
+    if TIMEOUT_KEY in fields:
+        flags = data[TIMEOUT_KEY]
+        if isinstance(flags, torch.Tensor):
+            count = int((flags.reshape(len(batch), -1)[:, 0] > 0.5).sum())
+        else:
+            count = sum(float(f) > 0.5 for f in (flags.tolist() if hasattr(flags, "tolist") else list(flags)))
+    elif "extra_fields" in fields:
+        extra = data["extra_fields"]
+        extra = extra.tolist() if hasattr(extra, "tolist") else list(extra)
+        count = grading_timeout_count(e.get("reward_extra_info") for e in extra if isinstance(e, dict))
+    else:
+        return {}
+    return {"reward/grading_timeouts": float(count)}
+
+
 @register(REWARD_MANAGER_NAME)
 class PRPORewardManager(RewardManagerBase):
     """Rule-based outcome reward: ``correct_score`` / ``incorrect_score`` / ``no_answer_score`` per trajectory."""

@@ -75,7 +75,39 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
         logger.warning("algorithm.adv_estimator=%s reads PRM scores from the batch field '%s' (prm.scores_from_batch)",
                        name, PRM_SCORES_KEY)
     typed["poll_interval"] = replay_buffer_poll_interval(config)
+    if name in PRM_ESTIMATORS and typed["prm"].enable:
+        warning = own_pool_capacity_warning(config, typed["prm"])
+        if warning:
+            logger.warning(warning)
     return typed
+
+
+#: responses per step from which one ``own_pool`` GPU scoring all of them is worth a start-up warning
+OWN_POOL_LARGE_BATCH = 256
+
+
+def own_pool_capacity_warning(config: DictConfig, prm) -> str | None:
+    """The start-up warning for ``prm.placement=own_pool`` with a single PRM GPU and a large batch, else None.
+
+    One GPU then scores every response of the step while the trainer's GPUs wait, and it idles through rollout and
+    the update; the default ``prm.n_gpus_per_node`` is 1.
+    """
+    if prm.placement != "own_pool" or prm.nnodes * prm.n_gpus_per_node > 1:
+        return None
+    from omegaconf import OmegaConf
+
+    prompts = OmegaConf.select(config, "data.train_batch_size", default=None)
+    n = OmegaConf.select(config, "actor_rollout_ref.rollout.n", default=1)
+    if prompts is None:
+        return None
+    responses = int(prompts) * int(n or 1)
+    if responses < OWN_POOL_LARGE_BATCH:
+        return None
+    trainer_gpus = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+    return (f"prm.placement=own_pool with ONE PRM GPU (prm.nnodes x prm.n_gpus_per_node = 1): it scores all "
+            f"{responses} responses of every step (data.train_batch_size x rollout.n) while the trainer's "
+            f"{trainer_gpus} GPU(s) wait, and it idles during rollout and the update. Give the PRM more GPUs "
+            f"(prm.n_gpus_per_node) or use prm.placement=colocate (README: GPU set-ups).")
 
 
 def replay_buffer_poll_interval(config: DictConfig) -> float | None:
@@ -106,7 +138,10 @@ def trainer_data_parallel_size(config: DictConfig) -> int:
     """The actor's data-parallel world size, as verl's engines compute it, from the config alone.
 
     ``trainer.nnodes x trainer.n_gpus_per_node`` GPUs (the global pool; an ``own_pool`` PRM is not part of it),
-    divided by the Ulysses sequence-parallel size (FSDP) or by TP x PP x CP (Megatron).
+    divided by the Ulysses sequence-parallel size (FSDP) or by TP x PP x CP (Megatron). The Ulysses size is the one
+    verl's ``FSDPActorConfig`` hands the engine: ``actor.ulysses_sequence_parallel_size`` when it is > 1 (verl copies
+    the deprecated actor-level key over ``actor.fsdp_config.ulysses_sequence_parallel_size``), else the
+    ``fsdp_config`` one.
     """
     n_gpus = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
     actor = config.actor_rollout_ref.actor
@@ -116,8 +151,8 @@ def trainer_data_parallel_size(config: DictConfig) -> int:
             mc.get("context_parallel_size", 1))
     else:
         fsdp_cfg = actor.get("fsdp_config", None) or {}
-        model_parallel = int(fsdp_cfg.get("ulysses_sequence_parallel_size", None)
-                             or actor.get("ulysses_sequence_parallel_size", 1) or 1)
+        actor_sp = int(actor.get("ulysses_sequence_parallel_size", 1) or 1)
+        model_parallel = actor_sp if actor_sp > 1 else int(fsdp_cfg.get("ulysses_sequence_parallel_size", 1) or 1)
     if n_gpus % model_parallel:
         raise ValueError(f"trainer.nnodes x trainer.n_gpus_per_node = {n_gpus} GPUs is not a multiple of the "
                          f"actor's model-parallel size {model_parallel}")
@@ -322,6 +357,7 @@ class PRPOTrainerSync(PPOTrainerSync):
 
     # ------------------------------------------------------------------ advantage
     def _compute_advantage(self, batch, metrics: dict):
+        metrics.update(self._grading_timeout_metrics(batch))
         if self.adv_name not in PROCESS_ESTIMATORS:
             return super()._compute_advantage(batch, metrics)
 
@@ -395,6 +431,17 @@ class PRPOTrainerSync(PPOTrainerSync):
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
                                fields=TensorDict(output, batch_size=len(batch)))
 
+    def _grading_timeout_metrics(self, batch) -> dict[str, float]:
+        """``reward/grading_timeouts`` of the batch when the ``prpo`` reward manager grades it (verl logs reward
+        extra info only in validation)."""
+        from omegaconf import OmegaConf
+
+        if OmegaConf.select(self.config, "reward.reward_manager.name", default=None) != "prpo":
+            return {}
+        from verl_prpo.reward_manager import grading_timeout_metrics
+
+        return grading_timeout_metrics(batch)
+
     def _estimator_inputs(self, batch, data, metrics: dict, segment_mask: torch.Tensor | None = None
                           ) -> dict[str, Any]:
         """Everything the estimator needs beyond rewards, mask and uid.
@@ -423,9 +470,10 @@ class PRPOTrainerSync(PPOTrainerSync):
         kwargs["segment_ids"] = seg.segment_ids.masked_fill(~b["response_mask"].bool(), -1)
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
-            # "correct" = positive outcome reward, for the PRM/outcome agreement metric
+            # "correct" = positive outcome reward, for the PRM/outcome agreement metric: the reward manager's score
+            # (token_level_scores), not token_level_rewards, which hold the KL penalty with use_kl_in_reward
             scores, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids,
-                                                        correct=b["token_level_rewards"].sum(-1) > 0,
+                                                        correct=b["token_level_scores"].sum(-1) > 0,
                                                         response_mask=mask)
             metrics["timing_s/prm"] = time.perf_counter() - t0
             metrics.update(prm_metrics)
