@@ -23,6 +23,13 @@ TOKEN_CLASSIFICATION_STEP_SEPARATOR = "\n\n"
 
 ADAPTERS = ("auto", "qwen_math_prm", "token_classification")
 PLACEMENTS = ("colocate", "own_pool")
+#: how the PRM runs: Hugging Face forwards in the plugin's worker group, or a vLLM pooling model
+BACKENDS = ("fsdp", "vllm")
+#: default backend, chosen from measurements (docs/PERFORMANCE.md, "PRM backends")
+DEFAULT_BACKEND = "fsdp"
+#: engine settings the vLLM backend sets itself (from the other ``prm.*`` keys); ``prm.engine_kwargs`` may not
+ENGINE_KWARGS_OWNED = ("runner", "pooler_config", "model", "tokenizer", "max_model_len", "tensor_parallel_size",
+                       "dtype", "max_num_batched_tokens", "gpu_memory_utilization", "convert", "task")
 DTYPES = ("bfloat16", "float16", "float32")
 SHARDINGS = ("auto", "replicate", "shard")
 
@@ -63,6 +70,18 @@ class PRMConfig:
             parameters in ``prm.dtype`` take at most ``replica_memory_fraction`` of one GPU's memory, else shard.
         replica_memory_fraction: the ``auto`` threshold (0.3: a 7B PRM in bf16, 15 GB, is replicated on 80 GB
             GPUs and sharded on 40 GB GPUs).
+        backend: ``fsdp`` (Hugging Face forwards in the plugin's PRM worker group, the settings above) or ``vllm``
+            (the PRM served as a vLLM pooling model by verl's reward-model server replicas, see
+            ``verl_prpo/prm/vllm_backend.py``; the same input text, scores read at the same positions).
+        tensor_parallel_size: vLLM backend: GPUs per PRM replica (for PRMs larger than one GPU); the PRM's pool
+            (the actor's for ``colocate``, ``nnodes x n_gpus_per_node`` for ``own_pool``) holds
+            pool size / tensor_parallel_size replicas.
+        gpu_memory_utilization: vLLM backend: share of each GPU the PRM engine may take (weights and KV cache). On
+            CPU the KV cache is ``VLLM_CPU_KVCACHE_SPACE`` GiB instead.
+        request_timeout_s: vLLM backend: bound on one scoring call (seconds); a PRM server that does not answer in
+            time, or dies, stops the job with an error.
+        engine_kwargs: vLLM backend: more vLLM engine arguments (e.g. ``{"max_num_seqs": 128}``); the settings the
+            backend derives from other keys (``ENGINE_KWARGS_OWNED``) are refused.
         scores_from_batch: with ``enable=false``, take per-token scores from the batch field ``prm_scores`` that
             a custom pipeline (agent loop, reward manager) writes; without it, ``prpo``/``prm_avg`` with the PRM
             disabled is a start-up error.
@@ -85,6 +104,11 @@ class PRMConfig:
     sharding: str = "auto"
     replica_memory_fraction: float = 0.3
     scores_from_batch: bool = False
+    backend: str = DEFAULT_BACKEND
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.3
+    request_timeout_s: float = 600.0
+    engine_kwargs: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("enable", "trust_remote_code", "scores_from_batch"):
@@ -92,7 +116,8 @@ class PRMConfig:
                 raise _err(name, f"expected a boolean, got {getattr(self, name)!r}")
         if self.param_offload is not None and not isinstance(self.param_offload, bool):
             raise _err("param_offload", f"expected a boolean or null, got {self.param_offload!r}")
-        for name in ("positive_label", "max_length", "max_tokens_per_batch", "nnodes", "n_gpus_per_node"):
+        for name in ("positive_label", "max_length", "max_tokens_per_batch", "nnodes", "n_gpus_per_node",
+                     "tensor_parallel_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise _err(name, f"expected an integer, got {value!r}")
@@ -131,6 +156,38 @@ class PRMConfig:
         self.replica_memory_fraction = float(self.replica_memory_fraction)
         if self.param_offload is None:
             self.param_offload = self.placement == "colocate"
+        self._validate_backend()
+
+    def _validate_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise _err("backend", f"must be one of {BACKENDS}, got {self.backend!r}")
+        if self.tensor_parallel_size < 1:
+            raise _err("tensor_parallel_size", f"must be >= 1, got {self.tensor_parallel_size}")
+        if self.backend != "vllm" and self.tensor_parallel_size != 1:
+            raise _err("tensor_parallel_size", f"applies to prm.backend=vllm only (prm.backend={self.backend}); "
+                       f"the fsdp backend shards with prm.sharding")
+        if self.backend == "vllm" and self.placement == "own_pool" \
+                and (self.nnodes * self.n_gpus_per_node) % self.tensor_parallel_size:
+            raise _err("tensor_parallel_size", f"{self.tensor_parallel_size} does not divide the PRM's own pool of "
+                       f"prm.nnodes x prm.n_gpus_per_node = {self.nnodes * self.n_gpus_per_node} GPUs")
+        for name in ("gpu_memory_utilization", "request_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise _err(name, f"expected a number, got {value!r}")
+            setattr(self, name, float(value))
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise _err("gpu_memory_utilization", f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not self.request_timeout_s > 0.0:
+            raise _err("request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        if self.engine_kwargs is None:
+            self.engine_kwargs = {}
+        if not isinstance(self.engine_kwargs, dict):
+            raise _err("engine_kwargs", f"expected a mapping, got {self.engine_kwargs!r}")
+        owned = sorted(set(self.engine_kwargs) & set(ENGINE_KWARGS_OWNED))
+        if owned:
+            raise _err(f"engine_kwargs.{owned[0]}", "is set by the vLLM backend from the other prm.* keys "
+                       "(max_length, max_tokens_per_batch, dtype, tensor_parallel_size, gpu_memory_utilization, "
+                       "step_separator); set those instead")
 
     @classmethod
     def from_config(cls, node: Any = None) -> PRMConfig:

@@ -98,6 +98,26 @@ def _is_pinned(t: torch.Tensor) -> bool:
 _FSDP_TO_SHARDING = {"never": "replicate", "always": "shard"}
 
 
+def scores_to_proto(scores: torch.Tensor, stats: dict[str, Any]) -> DataProto:
+    """``score_batch``'s ``(prm_scores, stats)`` as the output ``DataProto`` of ``compute_prm_scores`` (module
+    docstring): the scores, the per-row counters ``ROW_STAT_KEYS`` and the model-call counts in ``meta_info``.
+    Shared by ``PRMWorker`` and the vLLM backend's group (``verl_prpo.prm.vllm_backend``)."""
+    per = stats["per_response"]
+    tensors = {
+        "prm_scores": scores,
+        "prm_num_segments": torch.tensor(per["num_segments"], dtype=torch.long),
+        "prm_truncated_segments": torch.tensor(per["truncated_segments"], dtype=torch.long),
+        "prm_truncated_question": torch.tensor(per["truncated_questions"], dtype=torch.long),
+        "prm_tokens": torch.tensor(per["prm_tokens"], dtype=torch.long),
+        "prm_special_tokens_removed": torch.tensor(per["special_tokens_removed"], dtype=torch.long),
+        "prm_run_on_tokens": torch.tensor(per["run_on_tokens"], dtype=torch.long),
+        "prm_merged_segments": torch.tensor(per["merged_segments"], dtype=torch.long),
+        "prm_empty_response": torch.tensor(per["empty_responses"], dtype=torch.long),
+    }
+    metrics = {"prm_model_calls": stats["model_calls"], "prm_dummy_model_calls": stats["dummy_model_calls"]}
+    return DataProto.from_dict(tensors=tensors, meta_info={"metrics": metrics})
+
+
 class PRMWorker(Worker):
     """Scores segmented responses with a PRM (see the module docstring)."""
 
@@ -346,20 +366,7 @@ class PRMWorker(Worker):
                                    "this rank stopped with it")
         if error is not None:
             raise error
-        per = stats["per_response"]
-        tensors = {
-            "prm_scores": scores,
-            "prm_num_segments": torch.tensor(per["num_segments"], dtype=torch.long),
-            "prm_truncated_segments": torch.tensor(per["truncated_segments"], dtype=torch.long),
-            "prm_truncated_question": torch.tensor(per["truncated_questions"], dtype=torch.long),
-            "prm_tokens": torch.tensor(per["prm_tokens"], dtype=torch.long),
-            "prm_special_tokens_removed": torch.tensor(per["special_tokens_removed"], dtype=torch.long),
-            "prm_run_on_tokens": torch.tensor(per["run_on_tokens"], dtype=torch.long),
-            "prm_merged_segments": torch.tensor(per["merged_segments"], dtype=torch.long),
-            "prm_empty_response": torch.tensor(per["empty_responses"], dtype=torch.long),
-        }
-        metrics = {"prm_model_calls": stats["model_calls"], "prm_dummy_model_calls": stats["dummy_model_calls"]}
-        return DataProto.from_dict(tensors=tensors, meta_info={"metrics": metrics})
+        return scores_to_proto(scores, stats)
 
     def _finish_collectives(self, calls_before: int) -> None:
         """A rank that failed mid-call still joins every collective the others will run: the forward-count
