@@ -16,10 +16,22 @@ setup(
         "math-verify>=0.7",
     ],
     extras_require={
-        # GPU users: verl's own pinned extras (vllm==0.24.0, torch==2.11.0, transformers==5.9.0; FSDP with
-        # flash-attn==2.8.3 built for CUDA 13.0 + torch 2.11), so pip resolves what verl 0.9.1 is tested with.
+        # GPU users: verl's own pinned extras (vllm==0.24.0, torch==2.11.0, transformers==5.9.0; FSDP), so pip
+        # resolves what verl 0.9.1 is tested with. verl's `fsdp` extra pins flash-attn==2.8.3, which the package
+        # registry has only as a source distribution (no Linux x86-64 wheel): pip compiles it, which needs
+        # torch importable at build time and the CUDA 13.0 compiler (nvcc). Working order (README, Install):
+        #   pip install torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0   (the CUDA 13.0 build)
+        #   pip install ninja packaging psutil
+        #   MAX_JOBS=8 pip install flash-attn==2.8.3 --no-build-isolation     (compiles; tens of minutes)
+        #   pip install -e ".[gpu]"
         # Not installable on CPU-only machines.
         "gpu": ["verl[vllm,fsdp]==0.9.1"],
+        # The same stack without flash-attn (nothing to compile): verl's `fsdp` extra minus its flash-attn extra.
+        # Train with actor_rollout_ref.model.use_remove_padding=false and
+        # +actor_rollout_ref.model.override_config.attn_implementation=sdpa (the PRM uses SDPA anyway; vLLM brings
+        # its own attention kernels). tests/test_gpu_setups.py checks the list against verl's metadata.
+        "gpu-sdpa": ["verl[vllm,cupy-cu130]==0.9.1", "liger-kernel>=0.8.2", "trl==0.27.0",
+                     "flash-linear-attention==0.5.2"],
         "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7"],
         "plots": ["matplotlib>=3.7"],
     },

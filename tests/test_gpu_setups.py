@@ -231,3 +231,46 @@ def test_grading_timeouts_metric_from_both_layouts(tq_cluster):
         assert grading_timeout_metrics(meta) == {}
     finally:
         tq.kv_clear(keys=keys, partition_id="train")
+
+
+# ---------------------------------------------------------------------------------------------- the gpu-sdpa extra
+def _extras() -> dict:
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "extras_require":
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no extras_require")
+
+
+def test_gpu_sdpa_extra_is_verls_fsdp_extra_without_flash_attn():
+    """``gpu-sdpa`` must pull everything verl 0.9.1's ``vllm`` and ``fsdp`` extras pull, except flash-attn."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    def verl_extra(name: str) -> set[str]:
+        out = set()
+        for line in requires("verl") or []:
+            req = Requirement(line)
+            if req.marker is not None and req.marker.evaluate({"extra": name}):
+                req.marker = None
+                out.add(str(req))
+        return out
+
+    fsdp = verl_extra("fsdp")
+    assert "verl[flash-attn-cu130torch211]" in fsdp  # what the `gpu` extra compiles
+    expected = {r for r in fsdp if not r.startswith("verl[")} | {"verl[cupy-cu130]", "verl[vllm]"}
+    expected -= {r for r in verl_extra("vllm") if not r.startswith("verl[")}  # torch & co. come with vllm
+    got = set()
+    for line in _extras()["gpu-sdpa"]:
+        req = Requirement(line)
+        if req.name == "verl":
+            assert str(req.specifier) == "==0.9.1"
+            got |= {f"verl[{e}]" for e in req.extras}
+        else:
+            got.add(str(req))
+    assert got == expected
+    assert not any("flash-attn" in r or "flash_attn" in r for r in got)
+    assert _extras()["gpu"] == ["verl[vllm,fsdp]==0.9.1"]
