@@ -22,11 +22,13 @@ QWEN_PRM_ARCHITECTURE = "Qwen2ForProcessRewardModel"
 
 
 def build_qwen_prm_checkpoint(out: Path | str, *, corpus: list[str] | None = None, hidden_size: int = 64,
-                              num_layers: int = 2, head_dim: int = 32, head_scale: float = 20.0,
-                              seed: int = 0) -> dict:
+                              num_layers: int = 2, head_dim: int = 32, head_scale: float = 4.0,
+                              seed: int = 0, remote_code_stubs: bool = True) -> dict:
     """Write the checkpoint into ``out``; return ``{"body", "score0", "score2", "tokenizer", "path"}``.
 
     ``head_scale`` multiplies the last head layer so that the step probabilities spread visibly over (0, 1).
+    ``remote_code_stubs``: an ``auto_map`` as the real checkpoint has, pointing at two modules that raise on import
+    (so a loader that follows it fails).
     """
     from safetensors.torch import save_file
     from transformers import Qwen2Config, Qwen2Model
@@ -58,6 +60,11 @@ def build_qwen_prm_checkpoint(out: Path | str, *, corpus: list[str] | None = Non
     conf = cfg.to_dict()
     conf.update(model_type="qwen2", architectures=[QWEN_PRM_ARCHITECTURE], torch_dtype="float32")
     conf.pop("dtype", None)
+    if remote_code_stubs:
+        conf["auto_map"] = {"AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
+                            "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}
+        for name in ("configuration_qwen2_rm", "modeling_qwen2_rm"):
+            (out / f"{name}.py").write_text(f'raise RuntimeError("remote code {name} must never be imported")\n')
     (out / "config.json").write_text(json.dumps(conf, indent=1))
     return {"body": body, "score0": score0, "score2": score2, "tokenizer": tok, "path": out}
 

@@ -349,10 +349,11 @@ class OfflineEngine:
         return [torch.as_tensor(o.outputs.data).float().cpu() for o in outs], 1
 
     def close(self) -> None:
-        engine = getattr(self.llm, "llm_engine", None)
-        shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        """Stop the engine core process (it also stops when this process exits)."""
+        core = getattr(getattr(getattr(self, "llm", None), "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        self.llm = None
 
 
 def build_text_adapter(config: PRMConfig, device: str | torch.device = "cpu"):
