@@ -18,14 +18,16 @@ How vLLM returns the rows (``PoolingSpec``)
       adapter's positions (the last token of the separator after each step).
 
 Where it runs (``VLLMPRMGroup``)
-    On verl's reward-model server machinery: ``RolloutReplica`` objects of verl's vLLM replica class
-    (``get_rollout_replica_class("vllm")``; in CPU mode the plugin's ``CPUvLLMReplica``), created with
+    On verl's reward-model server machinery: ``RolloutReplica`` objects of verl's vLLM replica class, created with
     ``is_reward_model=True`` and initialised with ``init_colocated`` on a resource pool, exactly as verl's
     ``RewardModelManager`` does for its reward models, and with verl's server life cycle (``sleep`` / ``wake_up``).
     verl's server starts ``vllm serve`` with the arguments of a ``RolloutConfig`` plus ``engine_kwargs.vllm``; the
     backend passes ``runner=pooling`` and the pooler config there, and vLLM (>= 0.20, given ``model_config`` by
-    verl's server) registers ``POST /pooling`` for a ``token_classify`` model. Checked in verl 0.9.1's source and
-    run on CPU (tests/test_prm_vllm_server.py).
+    verl's server) registers ``POST /pooling`` for a ``token_classify`` model. One thing in verl's server does not
+    fit a pooling model: after start-up it patches ``model.compute_logits`` (a sampling guard), which vLLM's
+    ``Qwen2ForProcessRewardModel`` does not have; the replica classes of ``vllm_server.py`` name a worker extension
+    (verl's hook for that) that skips the patch for such models. Checked in verl 0.9.1's source and run on CPU
+    (tests/test_prm_vllm_server.py).
 
     * ``prm.placement=colocate``: the replicas share the actor's pool (as verl's colocated reward model shares the
       global pool); on GPU the engine sleeps (level 1) between scoring calls and wakes for them; CPU has no sleep.
@@ -450,7 +452,8 @@ class VLLMPRMGroup:
                  device_type: str) -> None:
         from transformers import AutoTokenizer
         from verl.workers.config import HFModelConfig
-        from verl.workers.rollout.replica import get_rollout_replica_class
+
+        from verl_prpo.prm.vllm_server import replica_class
 
         self.config = config
         self.device_type = device_type
@@ -465,7 +468,7 @@ class VLLMPRMGroup:
                              f"{resource_pool.world_size} devices (prm.placement={config.placement})")
         rollout = rollout_config_for_prm(config, self.spec, device_type=device_type, sleep=self.sleeps)
         hf_model = HFModelConfig(path=str(config.model_path))
-        replica_cls = get_rollout_replica_class("vllm")
+        replica_cls = replica_class(device_type)  # verl's vLLM replica, its logits patch skipped for pooling
         n = resource_pool.world_size // tp
         self.replicas = [replica_cls(replica_rank=r, config=rollout, model_config=hf_model,
                                      gpus_per_node=gpus_per_node, is_reward_model=True, name_suffix="prm")
@@ -494,6 +497,14 @@ class VLLMPRMGroup:
     def wake_up(self) -> None:
         _run_all([rep.wake_up() for rep in self.replicas])
 
+    def describe(self) -> list[dict[str, Any]]:
+        """One entry per device the replicas hold (the trainer logs ``prm/ranks`` from it), as ``PRMWorker.describe``
+        answers per rank."""
+        tp = self.config.tensor_parallel_size
+        return [{"rank": r * tp + k, "replica": r, "address": self.addresses[r], "backend": "vllm", "sharded": tp > 1,
+                 "tensor_parallel_size": tp, "pooling": self.spec.pooling, "step_tag_id": self.spec.step_tag_id,
+                 "sleeps": self.sleeps} for r in range(len(self.replicas)) for k in range(tp)]
+
     def replica_status(self, timeout_s: float = 5.0) -> list[str]:
         """One line per replica: whether its server actor answers and whether its ``/health`` does."""
         import ray
@@ -508,7 +519,7 @@ class VLLMPRMGroup:
                 actor = f"actor not answering ({type(exc).__name__}: {str(exc)[:300]})"
             try:
                 code = requests.get(f"http://{self.addresses[k]}/health", timeout=timeout_s).status_code
-                health = f"/health {code}"
+                health = f"/health {code}" + (" (vLLM's engine is dead)" if code == 503 else "")
             except Exception as exc:  # noqa: BLE001
                 health = f"/health unreachable ({type(exc).__name__})"
             lines.append(f"replica {k} at {self.addresses[k]}: {actor}, {health}")
@@ -626,3 +637,27 @@ def create_vllm_prm_group(prm_config: PRMConfig, policy_tokenizer_path: str, res
     """The PRM's vLLM replicas on ``resource_pool`` (the actor's for ``colocate``, the PRM's own for ``own_pool``)."""
     return VLLMPRMGroup(PRMConfig.from_config(prm_config), policy_tokenizer_path, resource_pool,
                         gpus_per_node=gpus_per_node, device_type=device_type)
+
+
+def create_vllm_prm_scorer(prm_config: PRMConfig, config, *, actor_pool, prm_pool=None, prior_mean: float = 0.5):
+    """``PRMScorer.create`` for ``prm.backend=vllm``: the same ``PRMScorer`` (questions, stop tokens, metrics) over
+    a ``VLLMPRMGroup`` on the actor's pool (``colocate``) or the PRM's own pool (``own_pool``).
+
+    ``config``: the trainer config (``actor_rollout_ref.model`` for the policy tokenizer and generation config,
+    ``trainer.device`` and ``trainer.n_gpus_per_node``).
+    """
+    from verl_prpo.prm.trainer_glue import PRMScorer, _generation_eos
+    from verl_prpo.prm.worker import make_prm_resource_pool
+
+    cfg = PRMConfig.from_config(prm_config)
+    if cfg.placement == "own_pool":
+        pool = prm_pool if prm_pool is not None else make_prm_resource_pool(cfg)
+        gpus_per_node = cfg.n_gpus_per_node
+    else:
+        pool = actor_pool
+        gpus_per_node = int(config.trainer.n_gpus_per_node)
+    device_type = str(config.trainer.get("device", "cuda") or "cuda")
+    model = config.actor_rollout_ref.model
+    tok_path = model.get("tokenizer_path") or model.get("local_path") or model.path
+    group = create_vllm_prm_group(cfg, tok_path, pool, gpus_per_node=gpus_per_node, device_type=device_type)
+    return PRMScorer(group, cfg, prior_mean=prior_mean, stop_token_ids=_generation_eos(model))
