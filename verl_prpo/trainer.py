@@ -317,8 +317,11 @@ class PRPOTrainerSync(PPOTrainerSync):
         if self.adv_name in PRM_ESTIMATORS and self.plugin_config["prm"].enable:
             from verl_prpo.prm.trainer_glue import PRMScorer
 
+            create = PRMScorer.create
+            if self.plugin_config["prm"].backend == "vllm":  # the PRM on verl's reward-model vLLM servers
+                from verl_prpo.prm.vllm_backend import create_vllm_prm_scorer as create
             actor_pool = self.resource_pool_manager.get_resource_pool(self._actor_role())
-            self.prm_scorer = PRMScorer.create(
+            self.prm_scorer = create(
                 self.plugin_config["prm"], self.config, actor_pool=actor_pool,
                 prm_pool=self.resource_pool_manager.resource_pool_dict.get(PRM_POOL),
                 prior_mean=self.plugin_config["estimator"].mu)
