@@ -1,8 +1,8 @@
 """End to end in CPU mode: verl's whole training loop with the plugin, tiny local models, no GPU.
 
 Each run is ``python -m verl_prpo.quickstart`` (verl's own ``main_ppo`` with the ``prpo_trainer_cpu`` config):
-rollout through the ``hf`` backend, reward, PRM worker group (prpo), old/ref log-probs, the estimator, the FSDP2
-actor update and the weight sync back to the rollout server. Slow (a few minutes in all): marked ``e2e``.
+rollout through verl's vLLM rollout (the CPU build of vLLM), reward, PRM worker group (prpo), old/ref log-probs,
+the estimator, the FSDP2 actor update and the weight sync back into the vLLM engine. Slow (a few minutes in all): marked ``e2e``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ def test_training_steps_complete_and_log_finite_metrics(runs, estimator):
             assert key in data, f"{estimator} step {r['step']}: metric {key} missing"
             assert math.isfinite(float(data[key])), f"{estimator}: {key} = {data[key]}"
         assert data["training/global_step"] == r["step"]
+        # the vLLM engine generates from the actor's weights (it starts on dummy weights: unsynced, the correlation
+        # of its token probabilities with the actor's is about 0; tests/test_multirank.py checks after updates)
+        assert data["training/rollout_actor_probs_pearson_corr"] > 0.99
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
