@@ -177,3 +177,27 @@ def test_rollout_config_of_the_replicas():
     gpu = vb.rollout_config_for_prm(prm, vb.PoolingSpec("ALL", 5, "X"), device_type="cuda", sleep=True)
     assert gpu.dtype == "bfloat16" and gpu.free_cache_engine and gpu.enable_sleep_mode
     assert "pooler_config" not in gpu.engine_kwargs["vllm"]
+
+
+@pytest.fixture(scope="module")
+def head16_ckpt(tmp_path_factory):
+    from verl_prpo.prm.tiny_checkpoints import build_qwen_prm_checkpoint
+
+    return build_qwen_prm_checkpoint(tmp_path_factory.mktemp("head16"), head_dim=16)["path"]
+
+
+def test_load_prm_refuses_an_unservable_checkpoint_before_starting_vllm(head16_ckpt):
+    pytest.importorskip("vllm")
+    from verl_prpo.prm import load_prm
+
+    cfg = {"enable": True, "model_path": str(head16_ckpt), "backend": "vllm"}
+    with pytest.raises(ValueError, match=r"head size is 16 .*prm\.backend=fsdp"):
+        load_prm(PRMConfig.from_config(cfg), "cpu")
+    with pytest.raises(ValueError, match=r"prm\.step_separator .* one token"):
+        load_prm(PRMConfig.from_config({**cfg, "step_separator": "<extra_0><extra_0>"}), "cpu")
+    # the trainer's path checks the same before any replica starts (the pool is never touched)
+    with pytest.raises(ValueError, match=r"head size is 16"):
+        vb.create_vllm_prm_group(PRMConfig.from_config(cfg), str(head16_ckpt), object(), gpus_per_node=1,
+                                 device_type="cpu")
+    # the fsdp backend serves it
+    assert len(load_prm(PRMConfig.from_config({**cfg, "backend": "fsdp"}), "cpu").score(["q"], [["a", "b"]])[0]) == 2
