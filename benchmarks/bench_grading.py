@@ -18,6 +18,9 @@ Usage::
 
     python benchmarks/bench_grading.py [--data PATH/math500.jsonl] [--repeats 3] [--out FILE.json]
 
+Reported per run: gradings per second (wall clock, best of ``--repeats``) and CPU milliseconds per grading (this
+process and its grading worker processes, best of the repeats), which other load on a shared machine disturbs less.
+
 Works on any version of ``verl_prpo`` that has ``math_grading.grade`` and ``reward_manager.PRPORewardManager``
 (point ``PYTHONPATH`` at another checkout to measure it). Numbers depend on the machine and its load.
 """
@@ -56,6 +59,42 @@ def batches(rows: list[dict]) -> dict[str, list[tuple[str, str]]]:
     return {"reference": reference, "perturbed": perturbed}
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its live grading workers, if the version measured has
+    any: comparable across versions on a machine whose other load makes wall-clock rates noisy."""
+    t = os.times()
+    total = t.user + t.system
+    try:
+        import verl_prpo.math_grading as mg
+
+        pool = getattr(mg, "_POOL", None)
+        workers = list(getattr(pool, "_all", ())) if pool is not None else []
+    except ImportError:
+        workers = []
+    tick = os.sysconf("SC_CLK_TCK")
+    for w in workers:
+        try:
+            fields = Path(f"/proc/{w.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _timed(loop):
+    """Run ``loop() -> correct`` and return (wall seconds, CPU seconds, correct)."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    correct = loop()
+    return time.perf_counter() - t0, _cpu_seconds() - c0, correct
+
+
+def _summary(n: int, warm_s: float, runs) -> dict:
+    best = min(s for s, _, _ in runs)
+    return {"gradings": n, "warmup_s": warm_s, "seconds": [s for s, _, _ in runs],
+            "cpu_seconds": [c for _, c, _ in runs], "gradings_per_s": n / best,
+            "cpu_ms_per_grading": 1e3 * min(c for _, c, _ in runs) / n, "correct": runs[-1][2]}
+
+
 def _in_thread(fn):
     out: dict = {}
 
@@ -72,16 +111,11 @@ def time_grade(pairs, *, thread: bool, repeats: int) -> dict:
     from verl_prpo.math_grading import grade
 
     def loop():
-        t0 = time.perf_counter()
-        res = [grade(r, a) for r, a in pairs]
-        return time.perf_counter() - t0, sum(g.correct for g in res)
+        return _timed(lambda: sum(grade(r, a).correct for r, a in pairs))
 
     call = (lambda: _in_thread(loop)) if thread else loop
-    warm_s, _ = call()
-    runs = [call() for _ in range(repeats)]
-    best = min(s for s, _ in runs)
-    return {"gradings": len(pairs), "warmup_s": warm_s, "seconds": [s for s, _ in runs],
-            "gradings_per_s": len(pairs) / best, "correct": runs[-1][1]}
+    warm_s = call()[0]
+    return _summary(len(pairs), warm_s, [call() for _ in range(repeats)])
 
 
 def _tokenizer(tmp: Path, texts: list[str]):
@@ -124,15 +158,10 @@ def time_manager(tokenizer, pairs, *, repeats: int) -> dict:
         return await asyncio.gather(*(manager.run_single(d) for d in items))
 
     def once():
-        t0 = time.perf_counter()
-        outs = asyncio.run(gather())
-        return time.perf_counter() - t0, sum(o["reward_score"] > 0 for o in outs)
+        return _timed(lambda: sum(o["reward_score"] > 0 for o in asyncio.run(gather())))
 
-    warm_s, _ = _in_thread(once)
-    runs = [_in_thread(once) for _ in range(repeats)]
-    best = min(s for s, _ in runs)
-    return {"gradings": len(pairs), "warmup_s": warm_s, "seconds": [s for s, _ in runs],
-            "gradings_per_s": len(pairs) / best, "correct": runs[-1][1]}
+    warm_s = _in_thread(once)[0]
+    return _summary(len(pairs), warm_s, [_in_thread(once) for _ in range(repeats)])
 
 
 def _commit() -> str:
@@ -151,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--label", default="", help="a name for this run in the output (e.g. before / after)")
+    p.add_argument("--batches", nargs="+", default=["reference", "perturbed"], choices=["reference", "perturbed"])
+    p.add_argument("--calls", nargs="+", default=["main", "thread", "manager"], choices=["main", "thread", "manager"])
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -158,20 +189,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     sets = batches(rows)
-    result = {"label": args.label, "verl_prpo": str(Path(verl_prpo.__file__).resolve().parent),
+    result = {"label": args.label, "load_average": os.getloadavg(), "verl_prpo": str(Path(verl_prpo.__file__).resolve().parent),
               "commit": _commit(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
               "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M"), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = _tokenizer(Path(tmp), [r["solution"] for r in rows])
-        for name, pairs in sets.items():
-            for how, fn in (("grade, main thread", lambda: time_grade(pairs, thread=False, repeats=args.repeats)),
-                            ("grade, other thread", lambda: time_grade(pairs, thread=True, repeats=args.repeats)),
-                            ("reward manager", lambda: time_manager(tokenizer, pairs, repeats=args.repeats))):
+        for name in args.batches:
+            pairs = sets[name]
+            calls = {"main": ("grade, main thread", lambda: time_grade(pairs, thread=False, repeats=args.repeats)),
+                     "thread": ("grade, other thread", lambda: time_grade(pairs, thread=True, repeats=args.repeats)),
+                     "manager": ("reward manager", lambda: time_manager(tokenizer, pairs, repeats=args.repeats))}
+            for how, fn in (calls[c] for c in args.calls):
                 r = fn()
                 r.update(batch=name, call=how)
                 result["runs"].append(r)
-                print(f"{name:10s} {how:22s} {r['gradings_per_s']:8.1f} gradings/s  (best of {args.repeats}; "
-                      f"warm-up {r['warmup_s']:.2f} s; correct {r['correct']}/{r['gradings']})", flush=True)
+                print(f"{name:10s} {how:22s} {r['gradings_per_s']:8.1f} gradings/s {r['cpu_ms_per_grading']:7.3f} CPU "
+                      f"ms/grading  (best of {args.repeats}; warm-up {r['warmup_s']:.2f} s; correct "
+                      f"{r['correct']}/{r['gradings']})", flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

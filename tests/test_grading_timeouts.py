@@ -51,8 +51,9 @@ NORMAL = [
 
 
 class SignalProofPool(GradingPool):
-    """A pool whose workers never receive SIGALRM (math-verify's own timeouts cannot fire there): each worker is
-    launched from a thread that blocks it, and a blocked signal stays blocked through fork and exec."""
+    """A pool whose workers never receive SIGALRM (math-verify's own timeouts cannot fire there): the zygote is
+    launched from a thread that blocks it, and a blocked signal stays blocked through fork and exec, so every
+    worker forked from the zygote has it blocked too."""
 
     def _start_worker(self) -> None:  # runs in a fresh thread of its own
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
@@ -215,8 +216,11 @@ def test_a_worker_dead_while_idle_is_replaced_not_used():
     pool = GradingPool(1).start()
     try:
         victim = pool._idle[0]
-        os.kill(victim.process.pid, signal.SIGKILL)
-        victim.process.wait(10)
+        os.kill(victim.pid, signal.SIGKILL)  # a worker of this test's own pool
+        deadline = time.monotonic() + 10
+        while not victim.dead() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert victim.dead()
         mg_pool, mg._POOL = mg._POOL, pool
         try:
             res = grade("\\boxed{\\frac{1}{2}}", "0.5", timeout=10)
@@ -261,3 +265,44 @@ def test_invalid_settings():
         GradingPool(1, memory_limit_mb=10)
     with pytest.raises(ValueError, match="timeout"):
         mg.get_grading_pool().equivalent("1", ["2"], timeout=0)
+
+
+@pytest.mark.ray
+def test_inside_an_async_ray_actor_like_verls_reward_loop():
+    """verl's reward-loop worker is an async Ray actor that grades in executor threads: there too a runaway answer
+    returns within the timeout and the actor's event loop keeps serving other calls meanwhile."""
+    ray = pytest.importorskip("ray")
+    started = False
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        @ray.remote(num_cpus=1)
+        class Grader:
+            async def grade(self, response: str, gold: str, timeout: float):
+                import asyncio
+                import functools
+                import time as _time
+
+                from verl_prpo.math_grading import grade
+
+                t0 = _time.monotonic()
+                res = await asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(grade, response, gold, timeout=timeout))
+                return res.correct, res.answer_found, _time.monotonic() - t0
+
+            async def ping(self):
+                return "pong"
+
+        actor = Grader.remote()
+        ray.get(actor.ping.remote(), timeout=120)
+        ray.get(actor.grade.remote("\\boxed{1}", "1", 5.0), timeout=120)  # the pool is warm
+        runaway = actor.grade.remote("\\boxed{9^{9^{9^{9}}}}", "1", 3.0)
+        normal = actor.grade.remote("\\boxed{\\frac{1}{2}}", "0.5", 3.0)
+        assert ray.get(actor.ping.remote(), timeout=10) == "pong"  # the actor is not frozen
+        correct, found, seconds = ray.get(runaway, timeout=60)
+        assert found and not correct and seconds < 3.0 + 2.0
+        assert ray.get(normal, timeout=60)[0]
+    finally:
+        if started:
+            ray.shutdown()

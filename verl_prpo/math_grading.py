@@ -14,18 +14,20 @@ Runaway inputs. A short answer can ask for a computation that never ends: ``9^{9
 interpreter lock, so nothing in the same process runs meanwhile (no other thread, no ``asyncio.wait_for``, and no
 signal handler: math-verify's ``signal.alarm`` timeouts fire only between bytecodes, and only in the main thread).
 Therefore math-verify never runs in the caller's process: it runs in a small pool of warm worker processes
-(:class:`GradingPool`: fresh interpreters, ``python -m verl_prpo._grading_worker``, started on first use with
-math-verify imported and warmed up). The caller sends ``(predicted, golds)`` and waits on a socket, which releases
-the lock; when ``timeout`` seconds pass without an answer the worker is killed (SIGKILL) and replaced in the
-background, and the grading counts as wrong with ``GradeResult.timed_out=True`` (logged). Inside a worker
-math-verify's own timeouts are on (a worker's main thread), so slow but interruptible sympy work ends without a
-kill. Each worker's address space is limited (``memory_limit_mb``) so a runaway cannot take the host's memory before
-it is killed, and its CPU time per request is limited so a worker whose parent died mid-request ends by itself.
+(:class:`GradingPool`). On first use the pool starts a *zygote*, a fresh interpreter
+(``python -m verl_prpo._grading_worker``) that imports and warms up math-verify once and then forks the workers, so
+a worker is ready in milliseconds. The caller sends ``(predicted, golds)`` and waits on a socket, which releases
+the lock; when ``timeout`` seconds pass without an answer the worker is killed (SIGKILL, by the zygote) and a fresh
+one is forked, and the grading counts as wrong with ``GradeResult.timed_out=True`` (logged). Inside a worker
+math-verify's own timeouts are on (a worker's main thread), so slow but interruptible sympy work usually ends
+without a kill. Each worker's address space is limited (``memory_limit_mb``) so a runaway cannot take the host's
+memory before it is killed, and its CPU time per request is limited so a worker left behind by a dead pool ends by
+itself.
 
 The cheap parts stay in the caller: box extraction and the normalised string comparison (linear in the text) decide
 most gradings without a worker. ``grade`` returns within ``timeout`` seconds plus the time it waits for a free
-worker; a caller that grades one answer at a time waits at most for a worker restart, a caller with many
-concurrent gradings (the reward manager) waits behind at most ``timeout`` per busy worker.
+worker: a caller that grades one answer at a time finds one idle (or waits the milliseconds of a fork), a caller
+with many concurrent gradings (the reward manager) waits behind at most ``timeout`` per busy worker.
 Safe from any thread and from asyncio executors; a process that forks gets its own pool.
 """
 
@@ -310,52 +312,184 @@ def _worker_main(conn, memory_limit_bytes: int | None) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _launch_worker(memory_limit_mb: int | None):
-    """Start ``python -m verl_prpo._grading_worker`` with one end of a socket pair; returns (process, connection).
+def _reap(live: set[int]) -> None:
+    """Collect the zygote's children that ended by themselves (their ids leave ``live``)."""
+    while live:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            live.clear()
+            return
+        if pid == 0:
+            return
+        live.discard(pid)
+
+
+def _kill_and_reap(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)  # SIGKILL: a worker stuck in C code ignores anything gentler
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _zygote_main(conn) -> None:
+    """The pool's zygote: warms math-verify up once, then forks one grading worker per ``("fork", limit)`` request
+    (the worker's socket arrives as a passed file descriptor; the reply is ``("forked", pid)``), kills and reaps a
+    worker on ``("kill", pid)``, and kills its workers and ends when the pool's connection closes.
+
+    It is single-threaded, so forking it is safe, and a worker is ready in milliseconds. Only the zygote signals
+    its workers, and only children it has not reaped yet, so a process id is never reused under it.
+    """
+    import signal
+    from multiprocessing.connection import Connection
+    from multiprocessing.reduction import recv_handle
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the pool's process, which closes the pool
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    try:
+        _warm_up()
+        status = "ready"
+    except ImportError:
+        status = "no_math_verify"
+    live: set[int] = set()
+    try:
+        conn.send((status, os.getpid()))
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            _reap(live)
+            if request[0] == "fork":
+                fd = recv_handle(conn)
+                pid = os.fork()
+                if pid == 0:  # the worker: never returns into this loop
+                    code = 0
+                    try:
+                        conn.close()
+                        _worker_main(Connection(fd), request[1])
+                    except BaseException:  # noqa: BLE001
+                        code = 1
+                    finally:
+                        os._exit(code)
+                os.close(fd)
+                live.add(pid)
+                conn.send(("forked", pid))
+            elif request[0] == "kill":
+                if request[1] in live:
+                    _kill_and_reap(request[1])
+                    live.discard(request[1])
+                conn.send(("killed", request[1]))
+    finally:
+        for pid in list(live):
+            _kill_and_reap(pid)
+
+
+class _Zygote:
+    """The pool's end of its zygote (``python -m verl_prpo._grading_worker FD``, a fresh interpreter).
 
     A fresh interpreter rather than ``multiprocessing``: nothing of the caller (CUDA, Ray, threads, locks held by
     other threads) is inherited, and the caller's main module is never re-imported (``spawn``/``forkserver``
     would re-run an unguarded script or a Ray worker's entry point in every worker).
     """
-    import socket
-    import subprocess
-    import sys
-    from multiprocessing.connection import Connection
 
-    parent_sock, child_sock = socket.socketpair()
-    env = dict(os.environ)
-    # the workers import this very copy of verl_prpo, whatever the caller's sys.path was built from
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    limit = "0" if memory_limit_mb is None else str(int(memory_limit_mb) * 2**20)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "verl_prpo._grading_worker", str(child_sock.fileno()), limit],
-            pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-            close_fds=True)
-    except BaseException:
-        parent_sock.close()
-        raise
-    finally:
-        child_sock.close()
-    return proc, Connection(parent_sock.detach())
+    def __init__(self, start_timeout: float):
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ)
+        # the workers import this very copy of verl_prpo, whatever the caller's sys.path was built from
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "verl_prpo._grading_worker", str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                close_fds=True)
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        self.conn = Connection(parent_sock.detach())
+        self.lock = threading.Lock()
+        if not self.conn.poll(start_timeout):
+            self.close()
+            raise RuntimeError(f"the grading zygote did not report ready within {start_timeout:g} s")
+        self.status, _ = self.conn.recv()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def fork(self, memory_limit_bytes: int | None):
+        """A new worker: ``(pid, connection)``; the worker then reports ``(status, pid)`` on the connection."""
+        import socket
+        from multiprocessing.connection import Connection
+        from multiprocessing.reduction import send_handle
+
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            with self.lock:
+                self.conn.send(("fork", memory_limit_bytes))
+                send_handle(self.conn, child_sock.fileno(), self.proc.pid)
+                if not self.conn.poll(60.0):
+                    raise RuntimeError("the grading zygote did not fork a worker within 60 s")
+                _, pid = self.conn.recv()
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        return pid, Connection(parent_sock.detach())
+
+    def kill(self, pid: int) -> None:
+        try:
+            with self.lock:
+                self.conn.send(("kill", pid))
+                if self.conn.poll(10.0):
+                    self.conn.recv()
+        except (OSError, EOFError, ValueError):  # the zygote is gone: its workers went with it (or end by EOF)
+            pass
+
+    def close(self) -> None:
+        """Closing the connection makes the zygote kill its workers and exit; it is killed if it does not."""
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5.0)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+            self.proc.kill()
+            self.proc.wait()
 
 
 class _Worker:
-    """One grading process and the parent's end of its socket."""
+    """One grading process (a child of the zygote) and the pool's end of its socket."""
 
-    def __init__(self, process, conn):
-        self.process = process
+    def __init__(self, pid: int, conn, zygote: _Zygote):
+        self.pid = pid
         self.conn = conn
+        self.zygote = zygote
+
+    def dead(self) -> bool:
+        """An idle worker never writes: a readable socket means it ended (EOF)."""
+        try:
+            return bool(self.conn.poll(0))
+        except (OSError, ValueError):
+            return True
 
     def kill(self) -> None:
-        try:
-            self.process.kill()  # SIGKILL: a worker stuck in C code ignores anything gentler
-            self.process.wait(5.0)
-        except (OSError, ValueError):
-            pass
-        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: the kernel reaps it later
-            pass
+        self.zygote.kill(self.pid)
         try:
             self.conn.close()
         except OSError:
@@ -396,6 +530,8 @@ class GradingPool:
         self._start_error: BaseException | None = None
         self._closed = False
         self._warned_no_math_verify = False
+        self._zygote: _Zygote | None = None
+        self._zygote_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, wait: bool = True) -> GradingPool:
@@ -426,6 +562,10 @@ class GradingPool:
             self._cond.notify_all()
         for w in workers:
             w.kill()
+        with self._zygote_lock:
+            zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.close()
 
     @property
     def alive(self) -> int:
@@ -439,18 +579,29 @@ class GradingPool:
             self._starting += 1
             threading.Thread(target=self._start_worker, name="verl_prpo-grading-start", daemon=True).start()
 
+    def _zygote_for_workers(self) -> _Zygote:
+        """The pool's zygote, started (or restarted, if it died) on demand."""
+        with self._zygote_lock:
+            if self._zygote is None or not self._zygote.alive():
+                if self._zygote is not None:
+                    self._zygote.close()
+                self._zygote = _Zygote(self.start_timeout)
+            return self._zygote
+
     def _start_worker(self) -> None:
-        proc = None
+        conn = None
         try:
-            proc, conn = _launch_worker(self.memory_limit_mb)
+            zygote = self._zygote_for_workers()
+            limit = None if self.memory_limit_mb is None else self.memory_limit_mb * 2**20
+            pid, conn = zygote.fork(limit)
+            worker = _Worker(pid, conn, zygote)
             if not conn.poll(self.start_timeout):
+                worker.kill()
                 raise RuntimeError(f"did not report ready within {self.start_timeout:g} s")
             status, _pid = conn.recv()
-            worker = _Worker(proc, conn)
         except BaseException as exc:  # noqa: BLE001 - reported to the callers waiting in start()/_acquire()
-            if proc is not None:
-                proc.kill()
-                proc.wait()
+            if conn is not None:
+                conn.close()
             logger.error("grading worker failed to start: %r", exc)
             with self._cond:
                 self._starting -= 1
@@ -482,10 +633,9 @@ class GradingPool:
                     self._cond.wait(1.0)
                 self._busy += 1
                 worker = self._idle.pop()
-            if worker.process.poll() is None:
+            if not worker.dead():
                 return worker
-            logger.warning("grading worker %d died while idle (exit code %s); replacing it", worker.process.pid,
-                           worker.process.returncode)
+            logger.warning("grading worker %d died while idle; replacing it", worker.pid)
             self._replace(worker)
 
     def _release(self, worker: _Worker) -> None:
@@ -549,7 +699,7 @@ class GradingPool:
                 return bool(equal), False
             why = f"no answer within {timeout:g} s"
         except (EOFError, OSError) as exc:
-            why = f"worker died after {time.monotonic() - t0:.1f} s (exit code {worker.process.exitcode}, {exc!r})"
+            why = f"worker died after {time.monotonic() - t0:.1f} s ({exc!r})"
         except BaseException:  # interrupted while waiting: the worker may still be computing
             self._replace(worker)
             raise
