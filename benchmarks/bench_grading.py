@@ -68,13 +68,16 @@ def _cpu_seconds() -> float:
         import verl_prpo.math_grading as mg
 
         pool = getattr(mg, "_POOL", None)
-        workers = list(getattr(pool, "_all", ())) if pool is not None else []
+        pids = [w.pid for w in getattr(pool, "_all", ())] if pool is not None else []
+        zygote = getattr(pool, "_zygote", None)
+        if zygote is not None:
+            pids.append(zygote.proc.pid)
     except ImportError:
-        workers = []
+        pids = []
     tick = os.sysconf("SC_CLK_TCK")
-    for w in workers:
+    for pid in pids:
         try:
-            fields = Path(f"/proc/{w.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except (OSError, IndexError, ValueError):
             pass

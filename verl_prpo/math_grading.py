@@ -489,6 +489,8 @@ class _Worker:
             return True
 
     def kill(self) -> None:
+        # via the zygote, the worker's parent (see _zygote_main); if the zygote itself was killed, closing the
+        # socket ends an idle worker, and a busy one ends at its per-request CPU limit
         self.zygote.kill(self.pid)
         try:
             self.conn.close()
@@ -641,12 +643,14 @@ class GradingPool:
     def _release(self, worker: _Worker) -> None:
         with self._cond:
             self._busy -= 1
-            if self._closed:
+            closed = self._closed
+            if closed:
                 self._all.discard(worker)
-                worker.kill()
             else:
                 self._idle.append(worker)
             self._cond.notify()
+        if closed:
+            worker.kill()
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
