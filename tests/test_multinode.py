@@ -454,3 +454,40 @@ def test_ray_on_slurm_sbatch_runs_a_cpu_job_across_two_stand_in_hosts(tiny_asset
     assert r["killed"] == [], f"`ray start` steps still running 60 s after the script ended: {r['killed']}"
     _check_across_nodes(json.loads(r["actors"].read_text()))
     _check_steps(_records(r["out"]))
+
+
+def _write_exe(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("case", ["ray_start_exits", "cluster_check_hangs"])
+def test_sbatch_wait_for_nodes_is_bounded(tmp_path, case):
+    """The wait for the nodes ends on time: a `ray start` step that exits (e.g. its node timed out registering)
+    ends the job at once, and a cluster check that hangs (ray.init() retries an address where no head answers for
+    over ten minutes, measured on this machine) is cut at RAY_CHECK_TIMEOUT_S, so RAY_WAIT_S holds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if case == "ray_start_exits":
+        _write_exe(bin_dir / "ray", "#!/usr/bin/env bash\n[[ $* == *--head* ]] && exit 1\nexec sleep 300\n")
+    else:
+        _write_exe(bin_dir / "ray", "#!/usr/bin/env bash\nexec sleep 300\n")
+    _write_exe(bin_dir / "fakepython", "#!/usr/bin/env bash\nexec sleep 300\n")  # the cluster check never answers
+    env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), str(SUPPORT / "bin"), os.environ["PATH"]]),
+           "PYTHON": str(bin_dir / "fakepython"), "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_SUBMIT_DIR": str(REPO),
+           "GPUS_PER_NODE": "1", "RAY_HEAD_WAIT_S": "1", "RAY_POLL_S": "1", "RAY_WAIT_S": "4",
+           "RAY_CHECK_TIMEOUT_S": "2", "SRUN_STUB_PIDS": str(tmp_path / "srun.pids")}
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(["bash", str(SBATCH), "tests/multinode_support/cpu_recipe.sh"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, start_new_session=True)
+    finally:
+        _stop_recorded(tmp_path / "srun.pids", wait_s=5)
+    seconds = time.monotonic() - t0
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    if case == "ray_start_exits":
+        assert "the `ray start` step on node1 exited" in r.stderr, r.stderr
+        assert seconds < 15, seconds
+    else:
+        assert "only 0 of 2 nodes joined the Ray cluster within 4 s" in r.stderr, r.stderr
+        assert seconds < 20, seconds
