@@ -36,7 +36,7 @@ STAGES = {"gen": "timing_s/gen", "weight_sync": "timing_s/update_weights", "old_
 def run_config(engine: str, world_size: int, steps: int, assets, out: Path) -> dict:
     from verl_prpo.quickstart import tiny_command
 
-    run_dir = out / f"{engine}_ws{world_size}"
+    run_dir = out / "work" / f"{engine}_ws{world_size}"  # logs and checkpoints: not committed (.gitignore)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = run_dir / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from verl_prpo.assets import build_tiny_assets
 
     out = Path(args.out).resolve()
-    assets = build_tiny_assets(out / "assets", n_train=64, n_val=8)
+    assets = build_tiny_assets(out / "work" / "assets", n_train=64, n_val=8)
     rows = []
     for item in args.configs.split(","):
         engine, ws = item.split(":")
