@@ -10,7 +10,7 @@ overrides: how much the start of the grid depends on the seed, the thread count 
 200 held-out problems. ``prm``: the PRM on a built testbed's policy and tokenizer; held-out step accuracy and AUC.
 ``vllm``: the testbed's policy loaded by vLLM (the CPU build: ``enforce_eager``, float32, a 1 GiB KV cache unless
 ``VLLM_CPU_KVCACHE_SPACE`` says otherwise) generates for the held-out problems: greedy accuracy and the fraction of
-greedy answers identical to Hugging Face ``generate``'s, sampled accuracy (avg@4, T = 1, seeded), load and generation
+greedy answers identical to Hugging Face ``generate``'s, sampled accuracy (avg@4, T = 1, engine seeded), load and generation
 time. The held-out set (and the tokenizer of ``sft``) are the testbed's, seed 0, in every run.
 """
 
@@ -81,14 +81,15 @@ def vllm_figures(root: Path, problems: list[task.Problem], s: TestbedSettings, k
     policy_dir = root / "policy"
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     t0 = time.time()
-    llm = LLM(model=str(policy_dir), enforce_eager=True, dtype="float32", seed=0)
+    llm = LLM(model=str(policy_dir), enforce_eager=True, dtype="float32", seed=s.seed)
     load_s = time.time() - t0
     prompts = [{"prompt_token_ids": prompt_ids(tokenizer, p.question)} for p in problems]
     stop = dict(max_tokens=s.max_response_length, stop_token_ids=[tokenizer.eos_token_id], skip_special_tokens=True)
     t0 = time.time()
     greedy = llm.generate(prompts, SamplingParams(temperature=0.0, **stop), use_tqdm=False)
-    sampled = llm.generate(prompts, SamplingParams(n=k, temperature=1.0, top_k=0, top_p=1.0, seed=s.seed, **stop),
-                           use_tqdm=False)
+    # seeded through the engine (LLM(seed=...)): a per-request SamplingParams.seed stops vLLM 0.27.1's CPU engine
+    # ("CPU Generator does not use offset" in the model runner's bookkeeping)
+    sampled = llm.generate(prompts, SamplingParams(n=k, temperature=1.0, top_k=0, top_p=1.0, **stop), use_tqdm=False)
     generate_s = time.time() - t0
     decode = lambda c: tokenizer.decode(c.token_ids, skip_special_tokens=True)  # noqa: E731
     greedy_vllm = [decode(o.outputs[0]) for o in greedy]

@@ -1,9 +1,10 @@
 """The credit-assignment testbed end to end: its assets, the PRM on the policy's own samples, the grid runner, and a
 learning run through verl's ``main_ppo`` that fails if learning breaks.
 
-The testbed (policy SFT + PRM training, a few minutes on 2 cores) is built once per run into the cache
-(``$VERL_PRPO_CACHE/testbed``, default ``~/.cache/verl_prpo/testbed``) and reused by every test here and by the
-quickstart. Marked ``e2e``.
+The testbed is the pinned one (``testbed_artifacts/v<version>/``), copied into the cache (``$VERL_PRPO_CACHE/testbed``,
+default ``~/.cache/verl_prpo/testbed``) after its checksums are verified and reused by every test here and by the
+quickstart; only a local ``--rebuild`` there (kept) or settings without an artefact train it (7 min on 2 cores).
+Marked ``e2e``.
 """
 
 from __future__ import annotations

@@ -475,6 +475,7 @@ def pin_testbed(tb: Testbed, artifacts: Path | str | None = None) -> Path:
     (dest / "testbed.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (dest / CHECKSUMS).write_text("".join(f"{_sha256(dest / rel)}  {rel}\n" for rel in files))
     v, pol, prm, build = tb.settings.version, manifest["policy"], manifest["prm"], manifest.get("build", {})
+    command = " ".join([*(f"{key}={val}" for key, val in build.get("env", {}).items()), str(build.get("command"))])
     (dest / "README.md").write_text(
         f"# Pinned testbed, version {v}\n\n"
         "The credit-assignment testbed (`verl_prpo/testbed/`) as built once, so that it is the same on every machine: "
@@ -484,7 +485,7 @@ def pin_testbed(tb: Testbed, artifacts: Path | str | None = None) -> Path:
         f"greedy {pol['sft_greedy_accuracy']:.3f} on the 200 held-out problems\n"
         f"- PRM: {prm['params']} parameters, held-out step accuracy {prm['step_accuracy']:.3f}, "
         f"AUC {prm['step_auc']:.3f}\n"
-        f"- built in {manifest['build_s']:.0f} s with `{build.get('command')}`, {build.get('torch_threads')} torch "
+        f"- built in {manifest['build_s']:.0f} s with `{command}`, {build.get('torch_threads')} torch "
         f"thread(s), torch {build.get('torch')} (the rest under `build` in `testbed.json`)\n\n"
         "Rebuild from scratch (the figures then depend on the machine, the thread count and the library versions): "
         "`python -m verl_prpo.testbed.build --rebuild --out DIR`; pin a new version (after bumping "
@@ -566,6 +567,7 @@ def _build_info() -> dict:
 
 def _build_from_scratch(tb: Testbed, *, rebuild: bool) -> Testbed:
     s = tb.settings
+    build_info = _build_info()  # at the start: the commit whose code trains
     marker = tb.root / "testbed.json"
     force = rebuild
     t0 = time.time()
@@ -602,7 +604,7 @@ def _build_from_scratch(tb: Testbed, *, rebuild: bool) -> Testbed:
         "prm": {"params": _params(prm), **prm_stats},
         "build_s": time.time() - t0,
         "origin": "built",
-        "build": _build_info(),
+        "build": build_info,
     }
     marker.write_text(json.dumps(tb.manifest, indent=1))
     logger.info("testbed built in %.0f s: %s", time.time() - t0, json.dumps(tb.manifest["policy"]))
