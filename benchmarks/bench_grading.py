@@ -18,7 +18,8 @@ Usage::
 
     python benchmarks/bench_grading.py [--data PATH/math500.jsonl] [--repeats 3] [--out FILE.json]
 
-Reported per run: gradings per second (wall clock, best of ``--repeats``) and CPU milliseconds per grading (this
+Then, for versions with the grading pool, the pool's own cost per request (a trivial pair graded in process and
+through a worker). Reported per run: gradings per second (wall clock, best of ``--repeats``) and CPU milliseconds per grading (this
 process and its grading worker processes, best of the repeats), which other load on a shared machine disturbs less.
 
 Works on any version of ``verl_prpo`` that has ``math_grading.grade`` and ``reward_manager.PRPORewardManager``
@@ -167,6 +168,30 @@ def time_manager(tokenizer, pairs, *, repeats: int) -> dict:
     return _summary(len(pairs), warm_s, [_in_thread(once) for _ in range(repeats)])
 
 
+def time_overhead(n: int = 300) -> dict | None:
+    """Per-request cost of the grading pool itself: one trivial pair ("1" vs "2", math-verify says no in well under
+    a millisecond) graded n times in this process and n times through a worker. None for versions without a pool."""
+    import verl_prpo.math_grading as mg
+
+    if not hasattr(mg, "get_grading_pool"):
+        return None
+    pool = mg.get_grading_pool().start()
+    mg._warm_up()
+    rounds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            mg._math_verify_equal("1", "2", 5)
+        inline = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            pool.equivalent("1", ["2"], 10.0)
+        pooled = (time.perf_counter() - t0) / n
+        rounds.append((inline, pooled))
+    inline, pooled = min(r[0] for r in rounds), min(r[1] for r in rounds)
+    return {"in_process_ms": 1e3 * inline, "through_pool_ms": 1e3 * pooled, "overhead_ms": 1e3 * (pooled - inline)}
+
+
 def _commit() -> str:
     import verl_prpo
 
@@ -192,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     sets = batches(rows)
-    result = {"label": args.label, "load_average": os.getloadavg(), "verl_prpo": str(Path(verl_prpo.__file__).resolve().parent),
+    result = {"label": args.label, "load_average": os.getloadavg(),
+              "verl_prpo": str(Path(verl_prpo.__file__).resolve().parent),
               "commit": _commit(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
               "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M"), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,6 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name:10s} {how:22s} {r['gradings_per_s']:8.1f} gradings/s {r['cpu_ms_per_grading']:7.3f} CPU "
                       f"ms/grading  (best of {args.repeats}; warm-up {r['warmup_s']:.2f} s; correct "
                       f"{r['correct']}/{r['gradings']})", flush=True)
+    overhead = time_overhead() if "perturbed" in args.batches else None
+    if overhead is not None:
+        result["pool_overhead"] = overhead
+        print(f"pool overhead per request: {overhead['overhead_ms']:.3f} ms (trivial pair: "
+              f"{overhead['in_process_ms']:.3f} ms in process, {overhead['through_pool_ms']:.3f} ms through a worker; "
+              f"best of 3 x 300)", flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
