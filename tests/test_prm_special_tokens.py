@@ -21,7 +21,8 @@ from verl_prpo.response_text import response_text, stop_token_ids
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = ["We compute $2 + 3 = 5$.", "\n\n", "So the answer is $\\boxed{5}$.", "user", "assistant",
-          "Let me check: 5 - 3 = 2.", "0123456789", "<extra_0>", "\u00e9\u00e8 \u2211 \u221a \u03c0 \u4e2d\u6587 \U0001f600"]
+          "Let me check: 5 - 3 = 2.", "0123456789", "<extra_0>",
+          "\u00e9\u00e8 \u2211 \u221a \u03c0 \u4e2d\u6587 \U0001f600"]
 FUZZ_EXAMPLES = 300
 
 
@@ -93,7 +94,8 @@ def test_answer_step_has_no_special_tokens(env):
     """The issue's case: the last, answer-bearing step ends in <|im_end|><|endoftext|>."""
     policy, prm, gen_eos = env
     im_end, eot = (policy.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
-    steps = [_ids(policy, "We compute $2 + 3 = 5$."), _ids(policy, "\n\nSo the answer is $\\boxed{5}$.") + [im_end, eot]]
+    steps = [_ids(policy, "We compute $2 + 3 = 5$."),
+             _ids(policy, "\n\nSo the answer is $\\boxed{5}$.") + [im_end, eot]]
     responses, mask, seg = _rows([steps], policy.pad_token_id)
     st = build_segment_texts(policy, responses, mask, seg, eos_token_ids=gen_eos, step_text=prm.step_text)
     assert st.texts == [["We compute $2 + 3 = 5$.", "\n\nSo the answer is $\\boxed{5}$."]]
