@@ -476,7 +476,10 @@ def test_prpo_trainer_yaml_composes(composed):
 def test_prpo_trainer_cpu_yaml_composes(composed):
     cfg = composed["prpo_trainer_cpu"]
     assert cfg.trainer.device == "cpu"
-    assert cfg.actor_rollout_ref.rollout.name == "hf"
+    # verl's own vLLM rollout, with what CPU vLLM refuses turned off, and the KV cache sized in GiB
+    rollout = cfg.actor_rollout_ref.rollout
+    assert rollout.name == "vllm" and rollout.enable_sleep_mode is False and rollout.enforce_eager is True
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "1"
     assert cfg.trainer.v1.trainer_mode == "prpo_sync"
     assert cfg.algorithm.prpo.k == 5
     validate_plugin_config(_config(composed, "prpo_trainer_cpu", **{"prm.enable": True, "prm.model_path": "/x"}))
