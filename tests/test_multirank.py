@@ -2,8 +2,9 @@
 
 What users run on 8-64 GPUs, at the smallest size that still has more than one rank: the FSDP2 actor sharded over
 both ranks, the weight sync from the sharded actor into two vLLM engines, the PRM worker group colocated on both
-ranks (replicated and sharded) or on a pool of its own, resume from a world-size-2 checkpoint, and the failure path
-(one PRM rank raises, the other is healthy: the job must end with that error, never hang).
+ranks (replicated and sharded), resume from a world-size-2 checkpoint, and the failure path (one PRM rank raises,
+the other is healthy: the job must end with that error, never hang). The PRM on a pool of its own, one trainer rank
+and one PRM rank, runs in ``test_multinode.py``, where the two ranks are on two Ray nodes.
 """
 
 from __future__ import annotations
@@ -128,13 +129,6 @@ def test_prpo_trains_at_world_size_2_with_a_sharded_prm(tiny_assets, tmp_path):
     records = _train("prpo", tiny_assets, tmp_path / "prpo_shard", steps=1, extra=["prm.sharding=shard"])
     _check_steps(records, 1, ["actor/pg_loss", "prpo/prm_score/mean", "timing_s/prm"])
     assert records[0]["data"]["prm/ranks"] == 2 and records[0]["data"]["prm/sharded"] == 1
-
-
-def test_own_pool_prm_on_one_rank_beside_one_trainer_rank(tiny_assets, tmp_path):
-    records = _train("pure", tiny_assets, tmp_path / "pure_own_pool", steps=1, world_size=1,
-                     extra=["prm.placement=own_pool", "prm.nnodes=1", "prm.n_gpus_per_node=1"])
-    _check_steps(records, 1, ["actor/pg_loss", "pure/soft_min_reward/mean", "timing_s/prm"])
-    assert records[0]["data"]["prm/ranks"] == 1 and records[0]["data"]["prm/own_pool"] == 1
 
 
 @pytest.mark.parametrize("sharding", ["shard"])
