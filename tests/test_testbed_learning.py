@@ -132,8 +132,9 @@ def test_rl_moves_the_policy_towards_correct_steps(testbed, tmp_path):
     flipped advantage sign, a broken reward or a broken weight sync lowers it. (The PRM path's alignment is tested
     above; the grid smoke test runs PRPO with the PRM worker group.) Budget fixed in advance from the GRPO pilot
     (16 prompts x 8 rollouts, 4 updates per step, lr 3e-5: +0.24 nats after 10 steps). The CPU rollout is seeded
-    (rollout.seed = the run's seed): 8 steps gave +0.18 / +0.19 (seed 0, twice), +0.24, +0.22 (seeds 1, 2); with the
-    global RNG it once gave +0.034 (benchmarks/results/learning_test_gain/)."""
+    (rollout.seed = the run's seed): on testbed version 2 with the hf rollout, 8 steps gave +0.18 / +0.19 (seed 0,
+    twice), +0.24, +0.22 (seeds 1, 2); with the global RNG it once gave +0.034 (benchmarks/results/learning_test_gain/).
+    Version 3 with verl's vLLM rollout: +0.114 at seed 0 (benchmarks/results/testbed_v3/)."""
     from verl_prpo.testbed.evaluate import correct_solution_logprob, load_policy
     from verl_prpo.testbed.grid import read_metrics, train_command
 
