@@ -154,7 +154,8 @@ def test_pinned_testbed_ignores_an_artefact_of_other_settings(pinned):
 
 
 # ---------------------------------------------------------------------------------------------------- the committed one
-def test_the_committed_artefact_matches_the_current_settings_and_verifies():
+def test_the_committed_artefact_matches_the_current_settings_and_verifies(monkeypatch):
+    monkeypatch.delenv(build.ARTIFACTS_ENV, raising=False)
     s = Settings()
     assert build.artifacts_dir() == REPO / "testbed_artifacts"  # found from the checkout
     root = pinned_testbed(s)
@@ -177,7 +178,7 @@ def test_the_committed_models_have_head_sizes_vllm_cpu_accepts():
     from transformers import AutoConfig
 
     s = Settings()
-    root = pinned_testbed(s)
+    root = pinned_testbed(s, REPO / "testbed_artifacts")
     policy, prm = AutoConfig.from_pretrained(root / "policy"), AutoConfig.from_pretrained(root / "prm")
     for cfg in (policy, prm):
         assert cfg.hidden_size // cfg.num_attention_heads == 32
