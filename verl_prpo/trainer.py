@@ -480,7 +480,7 @@ class PRPOTrainerSync(PPOTrainerSync):
                                                         response_mask=mask)
             metrics["timing_s/prm"] = time.perf_counter() - t0
             metrics.update(prm_metrics)
-            metrics.update(self._prm_layout)
+            metrics.update(getattr(self, "_prm_layout", {}))  # set in _setup; absent on a trainer built without it
             kwargs["prm_scores"] = scores
         elif PRM_SCORES_KEY in b.keys():
             kwargs["prm_scores"] = b[PRM_SCORES_KEY]
