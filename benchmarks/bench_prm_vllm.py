@@ -5,7 +5,8 @@ Three measurements (issue 19, item 4), each printed and written as JSON to ``--o
 ``throughput``
     The same batch through both backends in this process, via the trainer's scoring function ``score_batch``
     (policy tokens -> step texts -> PRM input ids -> forwards -> per-token scores): median seconds over
-    ``--repeats`` after one warm-up, response tokens per second (policy tokens scored per second) and PRM tokens per
+    ``--repeats`` after one warm-up round, the two backends alternating pass by pass (the load of a shared machine
+    varies; both see the same), response tokens per second (policy tokens scored per second) and PRM tokens per
     second, the largest difference between the two backends' per-token scores. The fsdp backend is the
     ``PRMAdapter`` that each ``PRMWorker`` rank runs (``forward_mode=auto``: right-padded batches within
     ``prm.max_tokens_per_batch``); the vLLM backend is vLLM's offline engine (the engine the server replicas run,
@@ -93,16 +94,6 @@ def build_batch(tok, *, responses: int, response_tokens: int, segments: int, see
     return resp, mask, seg, questions
 
 
-def _time(fn, repeats: int) -> tuple[float, list[float], object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times, out
-
-
 def run_throughput_and_memory(args, out_dir: Path) -> dict:
     import psutil
     from transformers import AutoTokenizer
@@ -129,13 +120,6 @@ def run_throughput_and_memory(args, out_dir: Path) -> dict:
     rss0 = _rss()
     hf = load_prm(PRMConfig.from_config({**common, "backend": "fsdp"}), "cpu")
     res["fsdp_memory"] = {"process_rss_growth": _rss() - rss0}
-    med, times, (want, st) = _time(lambda: score_batch(hf, tok, *batch, prior_mean=0.5), args.repeats)
-    res["fsdp"] = {"median_s": med, "times_s": times, "response_tokens_per_s": response_tokens / med,
-                   "prm_tokens_per_s": st["prm_tokens"] / med, "prm_tokens": st["prm_tokens"],
-                   "padded_tokens": st["padded_tokens"], "model_calls": st["model_calls"],
-                   "forward_mode": st.get("forward_mode")}
-    del hf
-
     rss1 = _rss()
     t = time.perf_counter()
     vl = load_prm(PRMConfig.from_config({**common, "backend": "vllm"}), "cpu")
@@ -144,10 +128,42 @@ def run_throughput_and_memory(args, out_dir: Path) -> dict:
     res["vllm_memory"] = {"process_rss_growth": _rss() - rss1, "engine_processes_rss": engine["rss"],
                           "engine_processes_uss": engine["uss"],
                           "kv_cache_gib": float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "0") or 0)}
-    med, times, (got, st) = _time(lambda: score_batch(vl, tok, *batch, prior_mean=0.5), args.repeats)
-    res["vllm"] = {"median_s": med, "times_s": times, "response_tokens_per_s": response_tokens / med,
-                   "prm_tokens_per_s": st["prm_tokens"] / med, "prm_tokens": st["prm_tokens"],
-                   "model_calls": st["model_calls"]}
+    # the repeats alternate between the backends, so that both see the same (shared, varying) machine load; the
+    # idle vLLM engine's CPU time during the fsdp passes is recorded (a spinning engine would slow fsdp down)
+    engine_procs = psutil.Process().children(recursive=True)
+
+    def engine_cpu_s() -> float:
+        total = 0.0
+        for proc in engine_procs:
+            try:
+                c = proc.cpu_times()
+                total += c.user + c.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    runs = {"fsdp": (hf, []), "vllm": (vl, [])}
+    outputs = {}
+    idle_cpu = 0.0
+    for r in range(args.repeats + 1):  # the first round is a warm-up
+        for name, (adapter, times) in runs.items():
+            c0 = engine_cpu_s()
+            t = time.perf_counter()
+            outputs[name] = score_batch(adapter, tok, *batch, prior_mean=0.5)
+            if r:
+                times.append(time.perf_counter() - t)
+                if name == "fsdp":
+                    idle_cpu += engine_cpu_s() - c0
+    for name, (_, times) in runs.items():
+        med = statistics.median(times)
+        st = outputs[name][1]
+        res[name] = {"median_s": med, "min_s": min(times), "times_s": times,
+                     "response_tokens_per_s": response_tokens / med, "prm_tokens_per_s": st["prm_tokens"] / med,
+                     "prm_tokens": st["prm_tokens"], "padded_tokens": st["padded_tokens"],
+                     "model_calls": st["model_calls"], "forward_mode": st.get("forward_mode")}
+    res["vllm_engine_cpu_s_during_fsdp"] = idle_cpu
+    want, got = outputs["fsdp"][0], outputs["vllm"][0]
+    res["speedup_min"] = res["fsdp"]["min_s"] / res["vllm"]["min_s"]
     # streaming (issue 19, item 5): each response scored alone as it would be when it finishes generating
     k = min(args.streaming_responses, args.responses)
     one = [tuple(t[i: i + 1] for t in batch[:3]) + (batch[3][i: i + 1],) for i in range(k)]
@@ -318,11 +334,17 @@ def main(argv=None) -> None:
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-tokens-per-batch", type=int, default=16384)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fsdp-threads", type=int, default=None,
+                   help="torch threads of the fsdp backend (default torch's; CPU mode's Ray workers run with "
+                        "OMP_NUM_THREADS=1, and vLLM's CPU worker computes on the cores VLLM_CPU_OMP_THREADS_BIND "
+                        "gives it: all but one by default)")
     p.add_argument("--streaming-responses", type=int, default=16,
                    help="responses scored one at a time (the per-response latency of streaming scoring)")
     p.add_argument("--step-runs", type=int, default=5, help="training steps per backend in the step measurement")
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if args.fsdp_threads:
+        torch.set_num_threads(args.fsdp_threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(","))
@@ -343,8 +365,9 @@ def main(argv=None) -> None:
         for b in ("fsdp", "vllm"):
             print(f"  {b:5s}: {t[b]['median_s']:.3f} s/batch  {t[b]['response_tokens_per_s']:.0f} response tok/s  "
                   f"{t[b]['prm_tokens_per_s']:.0f} PRM tok/s  (model calls {t[b]['model_calls']})")
-        print(f"  vLLM / fsdp speed: {t['speedup_vllm_over_fsdp']:.2f}x, max |score diff| {t['max_abs_diff']:.2e}, "
-              f"vLLM start {t['vllm_start_s']:.0f} s")
+        print(f"  vLLM / fsdp speed: {t['speedup_vllm_over_fsdp']:.2f}x by medians, {t['speedup_min']:.2f}x by fastest "
+              f"passes; max |score diff| {t['max_abs_diff']:.2e}; vLLM start {t['vllm_start_s']:.0f} s; idle vLLM "
+              f"engine CPU during the fsdp passes {t['vllm_engine_cpu_s_during_fsdp']:.1f} s")
         sr = t["vllm_streaming"]
         print(f"  vLLM one response at a time: {sr['seconds_per_response_alone'] * 1e3:.0f} ms each, in the batch "
               f"{sr['seconds_per_response_in_batch'] * 1e3:.0f} ms each")
