@@ -201,3 +201,15 @@ def test_load_prm_refuses_an_unservable_checkpoint_before_starting_vllm(head16_c
                                  device_type="cpu")
     # the fsdp backend serves it
     assert len(load_prm(PRMConfig.from_config({**cfg, "backend": "fsdp"}), "cpu").score(["q"], [["a", "b"]])[0]) == 2
+
+
+def test_tensor_parallel_size_must_divide_the_pool(tmp_path):
+    pytest.importorskip("vllm")
+    from verl_prpo.prm.tiny_checkpoints import build_qwen_prm_checkpoint
+
+    path = str(build_qwen_prm_checkpoint(tmp_path / "prm")["path"])  # 2 heads: tp=2 divides them
+    cfg = PRMConfig(enable=True, model_path=path, backend="vllm", tensor_parallel_size=2)
+    pool = types.SimpleNamespace(world_size=1)
+    with pytest.raises(ValueError, match=r"prm\.tensor_parallel_size=2 does not divide the PRM's pool of 1 devices "
+                                         r"\(prm\.placement=colocate\)"):
+        vb.create_vllm_prm_group(cfg, path, pool, gpus_per_node=1, device_type="cuda")
