@@ -1,5 +1,6 @@
 """End to end in CPU mode with ``prm.backend=vllm``: verl's loop, the PRM served by vLLM on verl's reward-model
-replicas (the plugin's PRM server class), for every estimator that reads PRM scores. Slow: marked ``e2e``."""
+replicas (the plugin's PRM server class), for every estimator that reads PRM scores, colocated with the actor and
+(prpo) on its own pool of one logical device. Slow: marked ``e2e``."""
 
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ def tiny_assets(tmp_path_factory):
     return build_tiny_assets(tmp_path_factory.mktemp("tiny_assets_vllm_prm"), n_train=64, n_val=8)
 
 
-@pytest.mark.parametrize("estimator", ["prpo", "pure", "prm_avg"])
-def test_training_with_the_prm_on_vllm(tiny_assets, tmp_path, estimator):
+@pytest.mark.parametrize("estimator, placement", [("prpo", "colocate"), ("pure", "colocate"), ("prm_avg", "colocate"),
+                                                  ("prpo", "own_pool")])
+def test_training_with_the_prm_on_vllm(tiny_assets, tmp_path, estimator, placement):
     from verl_prpo.quickstart import build_command
 
     metrics_file = tmp_path / "metrics.jsonl"
     cmd, env = build_command(estimator, assets_dir=tiny_assets.root, steps=STEPS, out_dir=tmp_path,
-                             metrics_file=metrics_file, extra=["prm.backend=vllm"], python=sys.executable)
+                             metrics_file=metrics_file, extra=["prm.backend=vllm", f"prm.placement={placement}"],
+                             python=sys.executable)
     log = tmp_path / "log.txt"
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S, cwd=tmp_path)
@@ -52,3 +55,4 @@ def test_training_with_the_prm_on_vllm(tiny_assets, tmp_path, estimator):
         assert 0.0 < r["data"]["prm/score_mean"] < 1.0 and r["data"]["prm/score_std"] > 0.0
         assert abs(r["data"]["prm/score_mean"] - 0.5) > 1e-4
         assert r["data"]["prm/ranks"] == 1.0
+        assert r["data"]["prm/own_pool"] == float(placement == "own_pool")
