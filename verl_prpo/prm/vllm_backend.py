@@ -461,7 +461,8 @@ class VLLMPRMGroup:
         check_vllm_servable(config, model_config, text, device_type=device_type)
         self.spec = pooling_spec(text, model_config)
         self.sleeps = device_type != "cpu" and config.placement == "colocate"
-        self.policy_tokenizer = AutoTokenizer.from_pretrained(policy_tokenizer_path)
+        self.policy_tokenizer = AutoTokenizer.from_pretrained(policy_tokenizer_path,
+                                                              trust_remote_code=config.trust_remote_code)
         tp = config.tensor_parallel_size
         if resource_pool.world_size % tp:
             raise ValueError(f"prm.tensor_parallel_size={tp} does not divide the PRM's pool of "
