@@ -137,7 +137,7 @@ def query_cluster(address: str, env: dict[str, str], timeout: float = 120) -> di
 
 def node_args(temp_dir: Path, index: int) -> list[str]:
     """``ray start`` arguments that two nodes on one machine must not share (real hosts never do): their ports and
-    worker-port range; plus the private temp folder they do share (not /tmp/ray, which other clusters use)."""
+    worker-port range; and a private temp folder (not /tmp/ray, which other clusters on the machine use)."""
     om, nm, agent, agent_grpc, rt_env, metrics = _free_ports(6)
     lo, hi = _worker_port_range(index)
     return [f"--object-manager-port={om}", f"--node-manager-port={nm}", f"--dashboard-agent-listen-port={agent}",
@@ -154,7 +154,11 @@ class TwoNodeRay:
     """A Ray head and a Ray worker on this machine, each its own ``ray start --block`` process with its own
     logical GPU, ports and worker-port range, sharing one private temporary folder."""
 
-    def __init__(self, root: Path, *, head_cpus: int = 8, worker_cpus: int = 4, gpus_per_node: int = 1):
+    def __init__(self, root: Path, *, head_cpus: int = 8, worker_cpus: int = 8, gpus_per_node: int = 1):
+        # 8 logical CPUs per node, as the CPU config gives its single local node: each of verl's pool bundles asks
+        # for 3 (max_colocate_count) beside its GPU, and actors that hold a CPU (TransferQueue's controller and storage
+        # unit, 1 each) may land on either node. With 4 on the worker, the own_pool PRM's bundle once found that
+        # node's GPU free but only 2 CPUs, and the job waited for the placement group forever after "ready to fit".
         self.root = root
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -188,19 +192,20 @@ class TwoNodeRay:
                              f"{self.log_tail(name)}")
 
     def _start_once(self) -> None:
-        # Ray's unix sockets live under the temp dir: a short path keeps them below the 107-byte limit
-        temp_dir = Path(tempfile.mkdtemp(prefix="rmn", dir="/tmp"))
-        self.temp_dirs.append(temp_dir)
+        # one temp folder per node, as on two hosts (a shared one would make each node's log monitor stream every
+        # node's logs to the driver); Ray's unix sockets live there: short paths keep them below the 107-byte limit
+        head_dir, worker_dir = (Path(tempfile.mkdtemp(prefix=f"rmn{k}", dir="/tmp")) for k in "hw")
+        self.temp_dirs += [head_dir, worker_dir]
         self.port, client_port = _free_ports(2)
         self.address = f"{self.ip}:{self.port}"
         head = self._spawn("head", ["--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
                                     f"--num-gpus={self.gpus}", "--include-dashboard=false",
                                     f"--ray-client-server-port={client_port}", f"--node-ip-address={self.ip}",
-                                    *node_args(temp_dir, 0)])
+                                    *node_args(head_dir, 0)])
         self._wait_started(head, "head")
         worker = self._spawn("worker", [f"--address={self.address}", f"--num-cpus={self.worker_cpus}",
                                         f"--num-gpus={self.gpus}", f"--node-ip-address={self.ip}",
-                                        *node_args(temp_dir, 1)])
+                                        *node_args(worker_dir, 1)])
         self._wait_started(worker, "worker")
         self.nodes = [n for n in query_cluster(self.address, self.env)["nodes"] if n["alive"]]
         if len(self.nodes) != 2:
@@ -217,8 +222,7 @@ class TwoNodeRay:
             except NodeStartError:
                 if attempt == attempts:
                     raise
-                left = self.stop()
-                assert not left, f"processes of a failed start still running: {left}"
+                self.stop()
                 self.procs = []
         raise AssertionError("unreachable")
 
@@ -226,25 +230,33 @@ class TwoNodeRay:
         p = self.logs / f"{name}.log"
         return p.read_text(errors="replace")[-n:] if p.exists() else ""
 
-    def stop(self) -> list[int]:
-        """SIGTERM each ``ray start`` (it stops the processes it started), then SIGKILL whatever is left of the
-        process tree seen before. Returns the pids still running after that (should be none)."""
+    def stop(self, grace_s: float = 20, keep_logs: bool = False) -> list[int]:
+        """SIGTERM each ``ray start`` (it drains its node and stops the processes it started), give the whole process
+        tree ``grace_s`` to end, then SIGKILL what is left. Returns the pids that needed SIGKILL (should be none:
+        SIGTERM to ``ray start --block`` is how the SLURM script stops its nodes too)."""
         tree = _process_tree([p.pid for p in self.procs])
         for p in reversed(self.procs):  # worker first, then head
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
         for p in self.procs:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=max(deadline - time.monotonic(), 1))
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+                pass
         tree += _process_tree([pid for pid, _ in tree])  # anything started meanwhile below a known process
+        while time.monotonic() < deadline and any(_still_running(p) for p in tree):
+            time.sleep(0.5)
+        needed_kill = sorted({pid for pid, st in tree if _still_running((pid, st))})
         _kill_tree(tree)
-        time.sleep(1)
+        for p in self.procs:
+            p.wait(timeout=10)
         for d in self.temp_dirs:
+            if keep_logs:  # each node's Ray logs (raylet, workers), for a failed run
+                shutil.copytree(d / "session_latest" / "logs", self.logs / f"ray_{d.name}", dirs_exist_ok=True,
+                                ignore_dangling_symlinks=True)
             shutil.rmtree(d, ignore_errors=True)
-        return sorted({pid for pid, st in tree if _still_running((pid, st))})
+        return needed_kill
 
 
 # ------------------------------------------------------------------------------------------------ what the runs check
@@ -314,10 +326,12 @@ def _check_across_nodes(snapshot: dict) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------------ two `ray start` nodes
 @pytest.fixture(scope="module")
 def two_node_run(tiny_assets, tmp_path_factory):
-    """PRPO for two steps on a head and a worker started by hand, trainer and own_pool PRM one rank each; the cluster
-    is queried after the run and stopped (by pid) even when something failed."""
+    """PRPO for two steps on a head and a worker started by hand, trainer and own_pool PRM one rank each. The
+    cluster is queried after the run and stopped (by pid) before the tests read the results, also when something
+    failed (it must not idle beside the next test's cluster)."""
     root = tmp_path_factory.mktemp("two_nodes")
     cluster = TwoNodeRay(root / "cluster")
+    rc = None
     try:
         t0 = time.monotonic()
         cluster.start()
@@ -338,11 +352,10 @@ def two_node_run(tiny_assets, tmp_path_factory):
         run_s = time.monotonic() - t1
         snapshot = query_cluster(cluster.address, cluster.env)
         print(f"two-node cluster up in {started_s:.0f} s (attempt {cluster.attempts}); training run {run_s:.0f} s")
-        yield {"rc": rc, "log": log.read_text(errors="replace"), "records": _records(out), "nodes": cluster.nodes,
-               "snapshot": snapshot, "start_s": started_s, "run_s": run_s}
     finally:
-        left = cluster.stop()
-    assert not left, f"processes of the two-node cluster still running after stop(): {left}"
+        left = cluster.stop(keep_logs=rc != 0)
+    return {"rc": rc, "log": log.read_text(errors="replace"), "records": _records(out), "nodes": cluster.nodes,
+            "snapshot": snapshot, "left": left}
 
 
 def _require_success(run: dict) -> None:
@@ -357,6 +370,11 @@ def test_two_separate_ray_nodes_each_with_one_logical_gpu(two_node_run):
     assert all(n["resources"].get("GPU") == 1 for n in nodes), [n["resources"] for n in nodes]
 
 
+def test_sigterm_to_ray_start_stops_each_node_completely(two_node_run):
+    assert two_node_run["left"] == [], f"processes of the two-node cluster still running {20} s after SIGTERM to " \
+                                       f"their `ray start`: {two_node_run['left']}"
+
+
 def test_trainer_and_own_pool_prm_run_on_different_nodes(two_node_run):
     _require_success(two_node_run)
     _check_across_nodes(two_node_run["snapshot"])
@@ -369,26 +387,28 @@ def test_training_steps_complete_with_finite_metrics_across_nodes(two_node_run):
 
 # ------------------------------------------------------------------------------------------------ the SLURM script
 def _stop_recorded(pids_file: Path, wait_s: float) -> tuple[list[str], list[int]]:
-    """Processes the srun stand-in started (``PID START_TIME HOST`` lines): wait up to ``wait_s`` for them to end by
-    themselves, then SIGKILL what is left of their process trees. Returns (hosts seen, pids that had to be killed)."""
+    """Processes the srun stand-in started (``PID START_TIME HOST`` lines) and everything below them: wait up to
+    ``wait_s`` for them to end by themselves, then SIGKILL what is left. Returns (hosts seen, pids that needed
+    SIGKILL)."""
     if not pids_file.exists():
         return [], []
     recorded = [line.split() for line in pids_file.read_text().splitlines() if line.strip()]
     procs = [(int(pid), int(start)) for pid, start, _ in recorded]
     tree = _process_tree([pid for pid, start in procs if _still_running((pid, start))])
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and any(_still_running(p) for p in procs):
+    while time.monotonic() < deadline and any(_still_running(p) for p in tree):
         time.sleep(0.5)
-    killed = [pid for pid, start in procs if _still_running((pid, start))]
-    _kill_tree(tree + _process_tree([pid for pid, _ in tree]))
-    return [host for _, _, host in recorded], killed
+    tree += _process_tree([pid for pid, _ in tree])
+    needed_kill = sorted({pid for pid, st in tree if _still_running((pid, st))})
+    _kill_tree(tree)
+    return [host for _, _, host in recorded], needed_kill
 
 
 def _run_sbatch(assets, work: Path) -> dict:
     """Run the sbatch script with the stand-ins on this machine (its own ports, worker ports and temp folder for each
     stand-in host); stop what is left of its `ray start` steps by pid, even when it failed."""
     work.mkdir(parents=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix="rms", dir="/tmp"))
+    temp_dirs = [Path(tempfile.mkdtemp(prefix=f"rms{k}", dir="/tmp")) for k in "hw"]  # one per stand-in host
     port, client_port = _free_ports(2)
     token = work / "ray_token"
     token.write_text(os.urandom(32).hex())
@@ -407,8 +427,8 @@ def _run_sbatch(assets, work: Path) -> dict:
         "RAY_AUTH_TOKEN_PATH": str(token), "LOG_DIR": str(work / "logs"), "RAY_ACTORS_OUT": str(work / "actors.json"),
         "SRUN_STUB_LOG": str(work / "srun.log"), "SRUN_STUB_PIDS": str(work / "srun.pids"),
         "SRUN_STUB_RAY_ARGS_node1": " ".join(["--include-dashboard=false", f"--ray-client-server-port={client_port}",
-                                              *node_args(temp_dir, 0)]),
-        "SRUN_STUB_RAY_ARGS_node2": " ".join(node_args(temp_dir, 1)),
+                                              *node_args(temp_dirs[0], 0)]),
+        "SRUN_STUB_RAY_ARGS_node2": " ".join(node_args(temp_dirs[1], 1)),
     })
     log = work / "sbatch.log"
     t0 = time.monotonic()
@@ -427,7 +447,8 @@ def _run_sbatch(assets, work: Path) -> dict:
         hosts, killed = _stop_recorded(work / "srun.pids", wait_s=60)
     finally:
         _stop_recorded(work / "srun.pids", wait_s=0)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for d in temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
     srun_log = work / "srun.log"
     return {"rc": rc, "log": log.read_text(errors="replace"), "seconds": seconds, "port": port, "hosts": hosts,
             "killed": killed, "steps": srun_log.read_text().splitlines() if srun_log.exists() else [],
@@ -454,7 +475,8 @@ def test_ray_on_slurm_sbatch_runs_a_cpu_job_across_two_stand_in_hosts(tiny_asset
     assert "Ray authentication: RAY_AUTH_MODE=token" in text
     assert "Ray nodes alive: 2 / 2" in text and "trainer on 1 node(s), PRM on its own 1 node(s)" in text
     assert "recipe exited with status 0" in text
-    assert r["killed"] == [], f"`ray start` steps still running 60 s after the script ended: {r['killed']}"
+    assert r["killed"] == [], f"processes of the `ray start` steps still running 60 s after the script ended " \
+                              f"(its exit trap sends them SIGTERM): {r['killed']}"
     _check_across_nodes(json.loads(r["actors"].read_text()))
     _check_steps(_records(r["out"]))
 
