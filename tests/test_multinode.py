@@ -351,7 +351,10 @@ def two_node_run(tiny_assets, tmp_path_factory):
                 rc = "timeout"
         run_s = time.monotonic() - t1
         snapshot = query_cluster(cluster.address, cluster.env)
-        print(f"two-node cluster up in {started_s:.0f} s (attempt {cluster.attempts}); training run {run_s:.0f} s")
+        head = {n["node_id"]: "head" if n["head"] else "worker" for n in snapshot["nodes"]}
+        where = {role: [head.get(a["node_id"], "?") for a in actors] for role, actors in _placement(snapshot).items()}
+        print(f"two-node cluster up in {started_s:.0f} s (attempt {cluster.attempts}); training run {run_s:.0f} s; "
+              f"ran on: {where}")
     finally:
         left = cluster.stop(keep_logs=rc != 0)
     return {"rc": rc, "log": log.read_text(errors="replace"), "records": _records(out), "nodes": cluster.nodes,
