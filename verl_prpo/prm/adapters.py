@@ -138,6 +138,21 @@ def _logits_of(output: Any) -> torch.Tensor:
     raise TypeError(f"PRM output of type {type(output).__name__} has no logits tensor")
 
 
+def start_scoring(inputs: list["PRMInputs | None"], fallback: float) -> tuple["ScoreStats", list[list[float]]]:
+    """What every backend does before its forwards: check the fallback score, record the per-row input counters
+    and fill every segment with the fallback (kept segments are overwritten by the model's scores)."""
+    if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
+        raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
+    stats = ScoreStats()
+    for x in inputs:
+        stats.truncated_segments.append(x.num_dropped if x is not None else 0)
+        stats.truncated_questions.append(int(x.question_truncated) if x is not None else 0)
+        stats.prm_tokens.append(len(x.input_ids) if x is not None and x.num_kept > 0 else 0)
+        stats.num_segments.append(x.num_segments if x is not None else 0)
+    scores = [[float(fallback)] * (x.num_segments if x is not None else 0) for x in inputs]
+    return stats, scores
+
+
 class PRMAdapter:
     """Scores the segments of responses with a PRM. Subclasses define ``build_inputs``."""
 
@@ -365,16 +380,8 @@ class PRMAdapter:
                      ) -> tuple[list[list[float]], dict[str, Any]]:
         """The forward part of ``score_with_stats``, on inputs already built (``None`` = a response without
         segments): plan, forwards, read-out. Also the entry point of ``benchmarks/gpu_check.py``."""
-        if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
-            raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
         t1 = time.perf_counter()
-        stats = ScoreStats()
-        for x in inputs:
-            stats.truncated_segments.append(x.num_dropped if x is not None else 0)
-            stats.truncated_questions.append(int(x.question_truncated) if x is not None else 0)
-            stats.prm_tokens.append(len(x.input_ids) if x is not None and x.num_kept > 0 else 0)
-            stats.num_segments.append(x.num_segments if x is not None else 0)
-        scores: list[list[float]] = [[float(fallback)] * (x.num_segments if x is not None else 0) for x in inputs]
+        stats, scores = start_scoring(inputs, fallback)
         mode = self.resolved_forward_mode()
         batches = self._plan(inputs, packed=mode == "packed")
         n_target = sync_num_forwards(len(batches)) if sync_num_forwards is not None else len(batches)

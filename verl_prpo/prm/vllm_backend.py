@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -68,7 +67,7 @@ from verl_prpo.prm.adapters import (
     PRMInputs,
     QWEN_PRM_ARCHITECTURE,
     QwenMathPRMAdapter,
-    ScoreStats,
+    start_scoring,
     TokenClassificationPRMAdapter,
     load_model_config,
     load_tokenizer,
@@ -279,16 +278,8 @@ class VLLMPRMAdapter:
         """
         if sync_num_forwards is not None:
             raise ValueError("the vLLM backend does not shard the PRM over ranks (no forward-count agreement)")
-        if not (0.0 <= float(fallback) <= 1.0) or math.isnan(float(fallback)):
-            raise ValueError(f"fallback score must be in [0, 1], got {fallback}")
         t1 = time.perf_counter()
-        stats = ScoreStats()
-        for x in inputs:
-            stats.truncated_segments.append(x.num_dropped if x is not None else 0)
-            stats.truncated_questions.append(int(x.question_truncated) if x is not None else 0)
-            stats.prm_tokens.append(len(x.input_ids) if x is not None and x.num_kept > 0 else 0)
-            stats.num_segments.append(x.num_segments if x is not None else 0)
-        scores: list[list[float]] = [[float(fallback)] * (x.num_segments if x is not None else 0) for x in inputs]
+        stats, scores = start_scoring(inputs, fallback)
         todo = [i for i, x in enumerate(inputs) if x is not None and x.num_kept > 0]
         if todo:
             rows, calls = self.engine.pool([inputs[i].input_ids for i in todo])
