@@ -1,6 +1,6 @@
 """CPU mode: step time of PRPO against GRPO with a PRM ~4.7x the policy, and where the PRM stage's time goes.
 
-Runs verl's own trainer twice in CPU mode (``verl_prpo.quickstart.build_command``: hf rollout, FSDP2 actor, the PRM
+Runs verl's own trainer twice in CPU mode (``examples.credit_assignment.quickstart.build_command``: hf rollout, FSDP2 actor, the PRM
 worker group), once with ``grpo`` and once with ``prpo``, on the tiny local assets with the PRM rebuilt so that its
 parameter count is about ``--ratio`` (default 4.7, the paper's 7B PRM / 1.5B policy) times the policy's. Reads
 verl's per-step metrics from the JSON-lines file logger and prints the median step time of each (the first step is
@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab (examples/) is not installed
+
+
 import torch
 
 
@@ -45,7 +48,7 @@ def choose_prm_shape(tokenizer, policy_params: int, ratio: float) -> tuple[int, 
     """(hidden, layers, params) of the token-classification PRM closest to ``ratio`` x the policy's parameters."""
     from transformers import Qwen2ForTokenClassification
 
-    from verl_prpo.assets import _qwen2_config
+    from examples.credit_assignment.tiny_assets import _qwen2_config
 
     best = None
     for hidden in (64, 96, 128, 160, 192, 256):
@@ -59,7 +62,7 @@ def choose_prm_shape(tokenizer, policy_params: int, ratio: float) -> tuple[int, 
 
 
 def run(estimator: str, assets, out: Path, steps: int, extra: list[str]) -> tuple[list[dict], float]:
-    from verl_prpo.quickstart import build_command
+    from examples.credit_assignment.quickstart import build_command
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = out / "metrics.jsonl"
@@ -87,7 +90,7 @@ def replay_prm_stage(assets, batch: int, response_len: int, k: int, repeats: int
     """The worker side of one PRM stage, piece by piece, on a batch of the runs' shape."""
     from transformers import AutoTokenizer
 
-    from verl_prpo.assets import arithmetic_problems
+    from examples.credit_assignment.tiny_assets import arithmetic_problems
     from verl_prpo.prm.adapters import load_prm
     from verl_prpo.prm.config import PRMConfig
     from verl_prpo.prm.scoring import segment_texts
@@ -138,7 +141,7 @@ def main(argv=None) -> dict:
 
     from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
 
-    from verl_prpo.assets import build_prm, build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_prm, build_tiny_assets
 
     root = Path(args.out)
     assets = build_tiny_assets(root / "assets", n_train=64, n_val=8)

@@ -41,6 +41,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab (examples/) is not installed
+
+
 DEFAULT_DATA = Path(os.environ.get("VERL_PRPO_DATA", "/work/shared/data")) / "eval" / "math500.jsonl"
 
 
@@ -125,7 +128,7 @@ def time_grade(pairs, *, thread: bool, repeats: int) -> dict:
 def _tokenizer(tmp: Path, texts: list[str]):
     from transformers import AutoTokenizer
 
-    from verl_prpo.assets import build_tokenizer
+    from examples.credit_assignment.tiny_assets import build_tokenizer
 
     build_tokenizer(tmp / "tok", texts[:200], vocab_size=2000)
     return AutoTokenizer.from_pretrained(tmp / "tok")

@@ -27,13 +27,17 @@ import random
 import tempfile
 import time
 from pathlib import Path
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab (examples/) is not installed
+
 
 import torch
 
 
 def _responses(policy_tok, n: int, length: int, n_segments: int, seed: int):
     """Arithmetic solution text tokenised with the policy tokenizer, cut into equal segments, EOS at the end."""
-    from verl_prpo.assets import arithmetic_problems
+    from examples.credit_assignment.tiny_assets import arithmetic_problems
 
     rng = random.Random(seed)
     rows = arithmetic_problems(n * 8 + 50, seed=seed)
@@ -144,7 +148,7 @@ def main(argv=None) -> None:
 
     from transformers import AutoTokenizer
 
-    from verl_prpo.assets import build_prm, build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_prm, build_tiny_assets
     from verl_prpo.prm import PRMConfig, load_prm, score_batch, segment_texts
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_prm_"))

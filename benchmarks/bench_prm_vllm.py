@@ -100,7 +100,7 @@ def run_throughput_and_memory(args, out_dir: Path) -> dict:
 
     from verl_prpo.prm import PRMConfig, load_prm
     from verl_prpo.prm.scoring import score_batch
-    from verl_prpo.prm.tiny_checkpoints import build_qwen_prm_checkpoint
+    from examples.credit_assignment.tiny_checkpoints import build_qwen_prm_checkpoint
 
     ckpt = build_qwen_prm_checkpoint(out_dir / "prm", corpus=[" ".join(WORDS)], hidden_size=args.hidden,
                                      num_layers=args.layers, head_dim=args.head_dim, seed=0)
@@ -244,8 +244,8 @@ class PRMProcessSampler:
 
 
 def run_step(args, out_dir: Path) -> dict:
-    from verl_prpo.assets import build_tiny_assets
-    from verl_prpo.quickstart import build_command
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
+    from examples.credit_assignment.quickstart import build_command
 
     assets = build_tiny_assets(out_dir / "tiny", n_train=64, n_val=8)
     res = {}

@@ -1,6 +1,6 @@
 """CPU mode: one training step with verl's vLLM rollout against the ``hf`` rollout, and world size 2 against 1.
 
-Each configuration is one ``main_ppo`` run in CPU mode (``verl_prpo.quickstart.tiny_command``: the tiny local
+Each configuration is one ``main_ppo`` run in CPU mode (``examples.credit_assignment.quickstart.tiny_command``: the tiny local
 assets, PRPO with the PRM worker group, ``--steps`` steps). From verl's per-step metrics (JSON-lines file logger) it
 prints the median over the steps after the first (the first step warms up the engine) of where the time goes:
 
@@ -29,12 +29,15 @@ import time
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab (examples/) is not installed
+
+
 STAGES = {"gen": "timing_s/gen", "weight_sync": "timing_s/update_weights", "old_log_prob": "timing_s/old_log_prob",
           "prm": "timing_s/prm", "update": "timing_s/update_actor", "step": "timing_s/step"}
 
 
 def run_config(engine: str, world_size: int, steps: int, assets, out: Path) -> dict:
-    from verl_prpo.quickstart import tiny_command
+    from examples.credit_assignment.quickstart import tiny_command
 
     run_dir = out / "work" / f"{engine}_ws{world_size}"  # logs and checkpoints: not committed (.gitignore)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="vllm:1,hf:1,vllm:2,hf:2", help="engine:world_size, comma-separated")
     p.add_argument("--out", default="benchmarks/results/rollout_engines")
     args = p.parse_args(argv)
-    from verl_prpo.assets import build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     out = Path(args.out).resolve()
     assets = build_tiny_assets(out / "work" / "assets", n_train=64, n_val=8)

@@ -18,9 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
-from verl_prpo.testbed.evaluate import correct_solution_logprob, load_policy
-from verl_prpo.testbed.grid import read_metrics, train_command
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab (examples/) is not installed
+
+
+from examples.credit_assignment.build import DEFAULT_DIR, build_testbed
+from examples.credit_assignment.evaluate import correct_solution_logprob, load_policy
+from examples.credit_assignment.grid import read_metrics, train_command
 
 
 def main(argv: list[str]) -> None:

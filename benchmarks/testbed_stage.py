@@ -20,14 +20,18 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab (examples/) is not installed
+
+
 import torch
 
-from verl_prpo.testbed import task
-from verl_prpo.testbed.build import TestbedSettings, build_tokenizer, train_policy, train_prm
-from verl_prpo.testbed.evaluate import evaluate_policy
+from examples.credit_assignment import task
+from examples.credit_assignment.build import TestbedSettings, build_tokenizer, train_policy, train_prm
+from examples.credit_assignment.evaluate import evaluate_policy
 
 
 def main() -> None:
@@ -75,8 +79,8 @@ def vllm_figures(root: Path, problems: list[task.Problem], s: TestbedSettings, k
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    from verl_prpo.testbed.build import prompt_ids
-    from verl_prpo.testbed.evaluate import _generate, load_policy
+    from examples.credit_assignment.build import prompt_ids
+    from examples.credit_assignment.evaluate import _generate, load_policy
 
     policy_dir = root / "policy"
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)

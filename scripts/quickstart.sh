@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m verl_prpo.quickstart "$@"
+exec .venv/bin/python -m examples.credit_assignment.quickstart "$@"

@@ -1,7 +1,7 @@
 """Regenerate the README's grid results block from ``benchmarks/results/credit_assignment/runs``.
 
 Replaces the README text from the line starting with ``**Measured (`` up to (not including) ``## Install`` with the
-table of ``verl_prpo.testbed.grid`` (mean ± std over seeds), the curves, and the papers' claims with their figures.
+table of ``examples.credit_assignment.grid`` (mean ± std over seeds), the curves, and the papers' claims with their figures.
 The verdict words are written by hand below; the numbers come from the run files.
 
     python scripts/readme_grid.py [--readme README.md] [--runs benchmarks/results/credit_assignment/runs]
@@ -13,8 +13,12 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+import sys
 
-from verl_prpo.testbed.grid import markdown_table, summary_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab (examples/) is not installed
+
+
+from examples.credit_assignment.grid import markdown_table, summary_rows
 
 
 def pts(values: list[float]) -> str:

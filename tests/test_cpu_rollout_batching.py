@@ -13,7 +13,7 @@ from verl_prpo.cpu import rollout as rollout_mod
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from verl_prpo.assets import build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     a = build_tiny_assets(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=2, vocab_size=300, hidden_size=32,
                           num_layers=1)

@@ -1,6 +1,6 @@
 """End to end in CPU mode: verl's whole training loop with the plugin, tiny local models, no GPU.
 
-Each run is ``python -m verl_prpo.quickstart`` (verl's own ``main_ppo`` with the ``prpo_trainer_cpu`` config):
+Each run is ``python -m examples.credit_assignment.quickstart`` (verl's own ``main_ppo`` with the ``prpo_trainer_cpu`` config):
 rollout through verl's vLLM rollout (the CPU build of vLLM), reward, PRM worker group (prpo), old/ref log-probs,
 the estimator, the FSDP2 actor update and the weight sync back into the vLLM engine. Slow (a few minutes in all): marked ``e2e``.
 """
@@ -40,13 +40,13 @@ ESTIMATORS = list(EXPECTED_METRICS)
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
-    from verl_prpo.assets import build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     return build_tiny_assets(tmp_path_factory.mktemp("tiny_assets"), n_train=64, n_val=8)
 
 
 def _run(estimator: str, assets, out: Path, steps: int, extra: list[str]) -> list[dict]:
-    from verl_prpo.quickstart import build_command
+    from examples.credit_assignment.quickstart import build_command
 
     metrics_file = out / "metrics.jsonl"
     cmd, env = build_command(estimator, assets_dir=assets.root, steps=steps, out_dir=out,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verl_prpo.assets import BOXED_INSTRUCTION, build_tokenizer
+from examples.credit_assignment.tiny_assets import BOXED_INSTRUCTION, build_tokenizer
 from verl_prpo.prm import PRMConfig, QwenMathPRMAdapter, load_prm
 
 QUESTION = "What is 6 times 7?"

@@ -271,13 +271,13 @@ STEP_METRICS = ["actor/pg_loss", "prpo/prm_score/mean", "adv/mean", "timing_s/pr
 
 @pytest.fixture(scope="module")
 def tiny_assets(tmp_path_factory):
-    from verl_prpo.assets import build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     return build_tiny_assets(tmp_path_factory.mktemp("tiny_assets_multinode"), n_train=64, n_val=8)
 
 
 def _prpo_command(assets, out: Path, extra: list[str]) -> tuple[list[str], dict[str, str]]:
-    from verl_prpo.quickstart import tiny_command
+    from examples.credit_assignment.quickstart import tiny_command
 
     out.mkdir(parents=True, exist_ok=True)
     return tiny_command("prpo", assets_dir=assets.root, steps=STEPS, out_dir=out, metrics_file=out / "metrics.jsonl",

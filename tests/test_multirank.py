@@ -31,14 +31,14 @@ LR = "actor_rollout_ref.actor.optim.lr=0.01"
 
 @pytest.fixture(scope="module")
 def tiny_assets(tmp_path_factory):
-    from verl_prpo.assets import build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     return build_tiny_assets(tmp_path_factory.mktemp("tiny_assets_ws2"), n_train=64, n_val=8)
 
 
 def _launch(estimator: str, assets, out: Path, *, steps: int, world_size: int, extra: list[str],
             timeout: float = RUN_TIMEOUT_S) -> tuple[int, str, list[dict], float]:
-    from verl_prpo.quickstart import tiny_command
+    from examples.credit_assignment.quickstart import tiny_command
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = out / "metrics.jsonl"

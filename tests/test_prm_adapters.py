@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from verl_prpo.assets import build_tiny_assets
+from examples.credit_assignment.tiny_assets import build_tiny_assets
 from verl_prpo.prm import PRMConfig, TokenClassificationPRMAdapter, load_prm
 from verl_prpo.prm.adapters import resolve_adapter_kind
 

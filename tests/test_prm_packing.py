@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from verl_prpo.assets import arithmetic_problems, build_tiny_assets
+from examples.credit_assignment.tiny_assets import arithmetic_problems, build_tiny_assets
 from verl_prpo.prm import PRMConfig, load_prm
 from verl_prpo.prm.adapters import FORWARD_MODES, is_causal_model
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from verl_prpo.assets import build_tiny_assets
+from examples.credit_assignment.tiny_assets import build_tiny_assets
 from verl_prpo.prm import DEFAULT_SYSTEM_PROMPT, PRMConfig, QwenMathPRMAdapter, load_prm
 
 QUESTION = "What is the product of 6 and 7? Compute $6 * 7$."

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl_prpo.assets import BOXED_INSTRUCTION, build_prm, build_tiny_assets, build_tokenizer
+from examples.credit_assignment.tiny_assets import BOXED_INSTRUCTION, build_prm, build_tiny_assets, build_tokenizer
 from verl_prpo.prm import (
     PRMConfig,
     load_prm,

@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from verl_prpo.assets import build_prm, build_tokenizer
+from examples.credit_assignment.tiny_assets import build_prm, build_tokenizer
 from verl_prpo.prm import PRMConfig, load_prm, prm_metrics, score_batch, segment_texts
 from verl_prpo.prm.scoring import build_segment_texts
 from verl_prpo.response_text import response_text, stop_token_ids

@@ -181,7 +181,7 @@ def test_rollout_config_of_the_replicas():
 
 @pytest.fixture(scope="module")
 def head16_ckpt(tmp_path_factory):
-    from verl_prpo.prm.tiny_checkpoints import build_qwen_prm_checkpoint
+    from examples.credit_assignment.tiny_checkpoints import build_qwen_prm_checkpoint
 
     return build_qwen_prm_checkpoint(tmp_path_factory.mktemp("head16"), head_dim=16)["path"]
 
@@ -205,7 +205,7 @@ def test_load_prm_refuses_an_unservable_checkpoint_before_starting_vllm(head16_c
 
 def test_tensor_parallel_size_must_divide_the_pool(tmp_path):
     pytest.importorskip("vllm")
-    from verl_prpo.prm.tiny_checkpoints import build_qwen_prm_checkpoint
+    from examples.credit_assignment.tiny_checkpoints import build_qwen_prm_checkpoint
 
     path = str(build_qwen_prm_checkpoint(tmp_path / "prm")["path"])  # 2 heads: tp=2 divides them
     cfg = PRMConfig(enable=True, model_path=path, backend="vllm", tensor_parallel_size=2)

@@ -23,7 +23,7 @@ METRICS = ["prm/score_mean", "prm/score_std", "prm/tokens_per_response_token", "
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
-    from verl_prpo.assets import build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     return build_tiny_assets(tmp_path_factory.mktemp("tiny_assets_vllm_prm"), n_train=64, n_val=8)
 
@@ -31,7 +31,7 @@ def tiny_assets(tmp_path_factory):
 @pytest.mark.parametrize("estimator, placement", [("prpo", "colocate"), ("pure", "colocate"), ("prm_avg", "colocate"),
                                                   ("prpo", "own_pool")])
 def test_training_with_the_prm_on_vllm(tiny_assets, tmp_path, estimator, placement):
-    from verl_prpo.quickstart import build_command
+    from examples.credit_assignment.quickstart import build_command
 
     metrics_file = tmp_path / "metrics.jsonl"
     cmd, env = build_command(estimator, assets_dir=tiny_assets.root, steps=STEPS, out_dir=tmp_path,

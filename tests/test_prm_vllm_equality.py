@@ -43,7 +43,7 @@ SEGMENTS = [
 def tiny_prm(tmp_path_factory):
     from safetensors.torch import load_file, save_file
 
-    from verl_prpo.assets import build_tiny_assets
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     assets = build_tiny_assets(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=2)
     path = tmp_path_factory.mktemp("trl_prm_with_bias")
@@ -64,7 +64,7 @@ def trl_engine(tiny_prm):
 
 @pytest.fixture(scope="module")
 def qwen_ckpt(tmp_path_factory):
-    from verl_prpo.prm.tiny_checkpoints import build_qwen_prm_checkpoint
+    from examples.credit_assignment.tiny_checkpoints import build_qwen_prm_checkpoint
 
     return build_qwen_prm_checkpoint(tmp_path_factory.mktemp("qwen_prm"), corpus=QUESTIONS + sum(SEGMENTS, []))
 
@@ -107,7 +107,7 @@ def test_chat_template_adapter_on_the_same_engine_equals_fsdp(tiny_prm, trl_engi
 
 
 def test_qwen_prm_layout_equals_fsdp_and_an_independent_forward(qwen_ckpt, qwen_vllm):
-    from verl_prpo.prm.tiny_checkpoints import qwen_prm_reference
+    from examples.credit_assignment.tiny_checkpoints import qwen_prm_reference
 
     path = str(qwen_ckpt["path"])
     hf = load_prm(PRMConfig.from_config({"enable": True, "model_path": path}), "cpu")

@@ -49,7 +49,7 @@ def scenario(out_path: str) -> None:
 
     from verl_prpo.prm import PRMConfig, load_prm
     from verl_prpo.prm.scoring import score_batch
-    from verl_prpo.prm.tiny_checkpoints import build_qwen_prm_checkpoint
+    from examples.credit_assignment.tiny_checkpoints import build_qwen_prm_checkpoint
 
     work = Path(out_path).parent
     ckpt = build_qwen_prm_checkpoint(work / "qwen_prm")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl_prpo.assets import build_tiny_assets
+from examples.credit_assignment.tiny_assets import build_tiny_assets
 from verl_prpo.prm import PRMConfig, load_prm, score_batch
 
 pytestmark = pytest.mark.ray

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from verl_prpo.quickstart import cpu_rollout_overrides, override_value, world_size_overrides
+from verl_prpo.cpu.launch import cpu_rollout_overrides, override_value, world_size_overrides
 
 
 def test_world_size_2_splits_every_micro_batch_over_the_ranks():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from verl_prpo.testbed import build
-from verl_prpo.testbed.build import CHECKSUMS, PinnedTestbedError, build_testbed, pin_testbed, pinned_testbed, read_checksums
+from examples.credit_assignment import build
+from examples.credit_assignment.build import CHECKSUMS, PinnedTestbedError, build_testbed, pin_testbed, pinned_testbed, read_checksums
 
 # the classes by their module (pytest would try to collect names starting with "Test")
 Settings = build.TestbedSettings
@@ -30,7 +30,7 @@ def _fake_built_testbed(root: Path, s: Settings) -> build.Testbed:
         (root / rel).write_bytes(data)
     (root / "policy_stage.json").write_text("{}")  # build-internal: never pinned
     manifest = {"settings": dataclasses.asdict(s), "origin": "built", "build_s": 12.0,
-                "build": {"command": "python -m verl_prpo.testbed.build --rebuild"},
+                "build": {"command": "python -m examples.credit_assignment.build --rebuild"},
                 "policy": {"params": 10, "sft_accuracy": 0.4, "sft_greedy_accuracy": 0.9},
                 "prm": {"params": 12, "step_accuracy": 0.95, "step_auc": 0.97}}
     (root / "testbed.json").write_text(json.dumps(manifest))

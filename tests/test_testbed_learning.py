@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="session")
 def testbed():
-    from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
+    from examples.credit_assignment.build import DEFAULT_DIR, build_testbed
 
     return build_testbed(DEFAULT_DIR)
 
@@ -56,12 +56,12 @@ def test_prm_scores_follow_step_labels_on_the_policys_own_samples(testbed):
     from verl_prpo.prm.config import PRMConfig
     from verl_prpo.prm.scoring import score_batch
     from verl_prpo.segmentation import build_newline_token_mask, segment
-    from verl_prpo.testbed import task
-    from verl_prpo.testbed.evaluate import load_policy
+    from examples.credit_assignment import task
+    from examples.credit_assignment.evaluate import load_policy
 
     model, tok = load_policy(testbed.policy_dir)
     problems = testbed.eval_problems()[:48]
-    from verl_prpo.testbed.build import prompt_ids
+    from examples.credit_assignment.build import prompt_ids
 
     torch.manual_seed(0)
     rows = []
@@ -102,7 +102,7 @@ def test_prm_scores_follow_step_labels_on_the_policys_own_samples(testbed):
 
 def test_grid_smoke_run_writes_the_results_file(testbed, tmp_path):
     out = tmp_path / "grid"
-    cmd = [sys.executable, "-m", "verl_prpo.testbed.grid", "--methods", "prpo", "--seeds", "0", "--steps", "2",
+    cmd = [sys.executable, "-m", "examples.credit_assignment.grid", "--methods", "prpo", "--seeds", "0", "--steps", "2",
            "--eval-every", "1", "--k", "1", "--prompts-per-step", "4", "--n", "4", "--out", str(out), "--testbed", str(testbed.root)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -135,8 +135,8 @@ def test_rl_moves_the_policy_towards_correct_steps(testbed, tmp_path):
     (rollout.seed = the run's seed): on testbed version 2 with the hf rollout, 8 steps gave +0.18 / +0.19 (seed 0,
     twice), +0.24, +0.22 (seeds 1, 2); with the global RNG it once gave +0.034 (benchmarks/results/learning_test_gain/).
     Version 3 with verl's vLLM rollout: +0.114 at seed 0 (benchmarks/results/testbed_v3/)."""
-    from verl_prpo.testbed.evaluate import correct_solution_logprob, load_policy
-    from verl_prpo.testbed.grid import read_metrics, train_command
+    from examples.credit_assignment.evaluate import correct_solution_logprob, load_policy
+    from examples.credit_assignment.grid import read_metrics, train_command
 
     metrics = tmp_path / "metrics.jsonl"
     cmd, env = train_command(testbed, "grpo", seed=0, steps=LEARN_STEPS, out_dir=tmp_path, save_every=LEARN_STEPS,

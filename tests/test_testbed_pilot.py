@@ -1,11 +1,11 @@
-"""The in-process GRPO pilot's pieces (``verl_prpo.testbed.pilot``) on hand cases and a tiny random Qwen2."""
+"""The in-process GRPO pilot's pieces (``examples.credit_assignment.pilot``) on hand cases and a tiny random Qwen2."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from verl_prpo.testbed.pilot import group_advantages, left_pad, policy_gradient_loss, response_valid_mask
+from examples.credit_assignment.pilot import group_advantages, left_pad, policy_gradient_loss, response_valid_mask
 
 
 def test_group_advantages_match_hand_values():

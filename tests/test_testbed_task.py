@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from verl_prpo.testbed import task
-from verl_prpo.testbed.task import Problem
+from examples.credit_assignment import task
+from examples.credit_assignment.task import Problem
 
 P = Problem(7, (("add", 5), ("mul", 3), ("sub", 4)))
 
@@ -106,7 +106,7 @@ class _FakeTestbed:
 
 
 def test_aggregate_records_the_runs_budget_and_refuses_to_mix_budgets(tmp_path):
-    from verl_prpo.testbed.grid import aggregate
+    from examples.credit_assignment.grid import aggregate
 
     out = tmp_path / "grid"
     b = {"steps": 20, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2, "k": 4}
@@ -121,7 +121,7 @@ def test_aggregate_records_the_runs_budget_and_refuses_to_mix_budgets(tmp_path):
 
 def test_cpu_mode_env_caps_transfer_queue_threads(monkeypatch):
     # TransferQueue warns on every put/get when TQ_NUM_THREADS (default 8) exceeds the physical cores
-    from verl_prpo.testbed.grid import cpu_mode_env, physical_cores
+    from verl_prpo.cpu.launch import cpu_mode_env, physical_cores
 
     monkeypatch.delenv("TQ_NUM_THREADS", raising=False)
     overrides: list[str] = []

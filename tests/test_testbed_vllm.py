@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_vllm_loads_the_policy_and_generates_what_hf_generates(tmp_path):
-    from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
+    from examples.credit_assignment.build import DEFAULT_DIR, build_testbed
 
     tb = build_testbed(DEFAULT_DIR)
     cmd = [sys.executable, str(REPO / "benchmarks" / "testbed_stage.py"), "vllm", "--testbed", str(tb.root),

@@ -1,10 +1,10 @@
 """In-process GRPO on the testbed policy, without verl: a seconds-per-step pilot for sizing the grid's budget.
 
-    python -m verl_prpo.testbed.pilot --prompts 16 --n 16 --lr 5e-5 --steps 20 --seed 0
+    python -m examples.credit_assignment.pilot --prompts 16 --n 16 --lr 5e-5 --steps 20 --seed 0
 
 The grid's cells go through verl's ``main_ppo`` (minutes of start-up, ~10 s and more per step on 2 cores). Before
 spending that on every method, this loop answers "does GRPO learn at this budget at all?" in a minute or two: the
-same SFT policy, the same RL prompts and grader, the same held-out evaluation (:mod:`verl_prpo.testbed.evaluate`),
+same SFT policy, the same RL prompts and grader, the same held-out evaluation (:mod:`examples.credit_assignment.evaluate`),
 and GRPO as verl computes it for an on-policy step:
 
 * ``n`` samples per prompt at temperature 1 (Hugging Face ``generate``, full vocabulary);
@@ -27,8 +27,8 @@ import time
 
 import torch
 
-from verl_prpo.testbed import task
-from verl_prpo.testbed.evaluate import left_pad, response_valid_mask  # noqa: F401  (re-exported for tests)
+from examples.credit_assignment import task
+from examples.credit_assignment.evaluate import left_pad, response_valid_mask  # noqa: F401  (re-exported for tests)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -53,8 +53,8 @@ def policy_gradient_loss(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
 
 
 def main(argv: list[str] | None = None) -> int:
-    from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed, prompt_ids
-    from verl_prpo.testbed.evaluate import evaluate_policy, load_policy
+    from examples.credit_assignment.build import DEFAULT_DIR, build_testbed, prompt_ids
+    from examples.credit_assignment.evaluate import evaluate_policy, load_policy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)

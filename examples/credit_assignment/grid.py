@@ -2,12 +2,12 @@
 
 One cell is one method and one seed::
 
-    python -m verl_prpo.testbed.grid --methods prpo --seeds 0
+    python -m examples.credit_assignment.grid --methods prpo --seeds 0
 
-trains the testbed's SFT policy (``verl_prpo.testbed.build``) for ``--steps`` steps with ``python -m
+trains the testbed's SFT policy (``examples.credit_assignment.build``) for ``--steps`` steps with ``python -m
 verl.trainer.main_ppo`` in CPU mode (the plugin's ``prpo_trainer_cpu`` config, its estimators, PRM worker group with
 the trained PRM, and the ``prpo`` reward manager), saving the actor every ``--eval-every`` steps; then evaluates the
-step-0 policy and every checkpoint on the held-out problems (:mod:`verl_prpo.testbed.evaluate`) and writes
+step-0 policy and every checkpoint on the held-out problems (:mod:`examples.credit_assignment.evaluate`) and writes
 ``<out>/runs/<method>_s<seed>.json``. A cell whose file exists is skipped, so the grid can be stopped and resumed.
 ``--aggregate`` (also done after every grid invocation) collects all run files into ``<out>.json`` (the shape of
 issue 8), a Markdown table ``<out>.md`` and PNG curves ``<out>.png``.
@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from verl_prpo.cpu.launch import cpu_mode_env, main_ppo_command, merge_overrides, read_metrics
 
 #: method -> (adv_estimator, Hydra overrides that define it)
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -70,8 +72,6 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
                   metrics_file: Path | None = None, extra: list[str] | None = None,
                   python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
     """The ``main_ppo`` command (and environment) that trains the testbed policy with ``method``."""
-    from verl_prpo.conf import CONFIG_DIR
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     estimator, method_overrides = METHODS[method]
@@ -108,54 +108,11 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
     if estimator in PRM_ESTIMATORS:
         overrides += ["prm.enable=true", f"prm.model_path={tb.prm_dir}", "prm.adapter=token_classification"]
     env = cpu_mode_env(overrides, metrics_file)
-    # Ray starts its workers at nice 15; on a shared 2-core machine that starves the run behind any other process
-    env.setdefault("RAY_worker_niceness", "0")
-    overrides += method_overrides
-    extra = list(extra or [])
-    keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
-    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys] + extra
-    cmd = [python, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}", "--config-name=prpo_trainer_cpu",
-           *overrides]
-    return cmd, env
-
-
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    except ImportError:
-        return int(os.cpu_count() or 1)
-
-
-def cpu_mode_env(overrides: list[str], metrics_file: Path | str | None) -> dict[str, str]:
-    """The environment of a CPU-mode ``main_ppo`` run; with ``metrics_file`` also verl's JSON-lines file logger
-    (appended to ``overrides``: verl's "file" logger writes one line per step to VERL_FILE_LOGGER_PATH, read in the
-    TaskRunner, hence also in Ray's runtime env)."""
-    env = dict(os.environ)
-    env["VERL_PLATFORM"] = "cpu"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("RAY_DEDUP_LOGS", "1")
-    env.setdefault("PYTHONWARNINGS", "ignore::UserWarning:verl.workers.engine")  # optional engines missing
-    # TransferQueue sizes its torch threads by TQ_NUM_THREADS (default 8) and warns on every put and get when that
-    # exceeds the physical cores (hundreds of lines a step on a laptop); it then uses the cores anyway
-    env.setdefault("TQ_NUM_THREADS", str(min(8, physical_cores())))
-    if metrics_file is not None:
-        metrics_file = Path(metrics_file).resolve()
-        overrides += ["trainer.logger=[console,file]",
-                      f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}"]
-        env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
-    return env
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return main_ppo_command(merge_overrides(overrides + method_overrides, extra), python), env
 
 
 def evaluate_checkpoint(tb, checkpoint: Path | None, *, k: int, seed: int, step: int) -> dict:
-    from verl_prpo.testbed.evaluate import evaluate_policy, load_policy
+    from examples.credit_assignment.evaluate import evaluate_policy, load_policy
 
     model, tokenizer = load_policy(tb.policy_dir, checkpoint)
     # the same sampling seed for every method at a given (seed, step): common random numbers
@@ -176,12 +133,13 @@ def step0_eval(tb, out_root: Path, seed: int, k: int) -> dict:
 
 
 def _commit() -> str | None:
-    """The plugin's git commit (``+dirty`` with uncommitted changes), for the record of a run."""
-    here = Path(__file__).resolve().parent
+    """The repository's git commit (``+dirty`` with uncommitted plugin or lab changes), for the record of a run."""
+    here = Path(__file__).resolve().parents[2]  # the repository: plugin and lab
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here.parent, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "verl_prpo", "examples"], cwd=here,
+                               capture_output=True,
                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -360,7 +318,7 @@ def _run_parallel(cells: list[tuple[str, int]], argv: list[str], jobs: int) -> N
     while pending or running:
         while pending and len(running) < jobs:
             m, s = pending.pop(0)
-            cmd = [sys.executable, "-m", "verl_prpo.testbed.grid", *base, "--methods", m, "--seeds", str(s),
+            cmd = [sys.executable, "-m", "examples.credit_assignment.grid", *base, "--methods", m, "--seeds", str(s),
                    "--no-aggregate"]
             running.append(((m, s), subprocess.Popen(cmd)))
             time.sleep(5)  # stagger the Ray start-ups
@@ -393,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="cells run at the same time (separate processes)")
     p.add_argument("--no-aggregate", action="store_true", help=argparse.SUPPRESS)
     args, extra = p.parse_known_args(argv)
-    from verl_prpo.testbed.build import DEFAULT_DIR, build_testbed
+    from examples.credit_assignment.build import DEFAULT_DIR, build_testbed
 
     tb = build_testbed(args.testbed or DEFAULT_DIR)
     out = Path(args.out)

@@ -8,7 +8,7 @@
 * ``response_length``: mean number of generated tokens of the samples (EOS included);
 * ``entropy``: mean full-vocabulary entropy of the policy at the sampled tokens' positions.
 
-Grading is the task's own (:func:`verl_prpo.testbed.task.is_correct`: the last ``\\boxed{}`` equals the answer); the
+Grading is the task's own (:func:`examples.credit_assignment.task.is_correct`: the last ``\\boxed{}`` equals the answer); the
 training reward is the plugin's ``prpo`` reward manager (math-verify), which agrees on this task (tested).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from verl_prpo.testbed import task
+from examples.credit_assignment import task
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +39,7 @@ def response_valid_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def _prompts(tokenizer, problems, device):
-    from verl_prpo.testbed.build import prompt_ids
+    from examples.credit_assignment.build import prompt_ids
 
     ids, att = left_pad([prompt_ids(tokenizer, p.question) for p in problems], tokenizer.pad_token_id)
     return ids.to(device), att.to(device)
@@ -117,7 +117,7 @@ def load_policy(policy_dir: Path | str, actor_checkpoint: Path | str | None = No
 def correct_solution_logprob(model, tokenizer, problems: list[task.Problem], batch_size: int = 200) -> float:
     """Mean over problems of log pi(correct solution + EOS | prompt), teacher-forced: a low-variance measure of
     whether training moved the policy towards right steps (it rises as RL sharpens the step distributions)."""
-    from verl_prpo.testbed.build import prompt_ids
+    from examples.credit_assignment.build import prompt_ids
 
     total, model_device = 0.0, model.device
     model.eval()

@@ -3,10 +3,10 @@
 * **Tokenizer**: byte-level BPE in which every digit is its own token and ``"\\n\\n"`` is one token (so the
   ``newline`` segmentation cuts at step boundaries), with the Qwen chat tokens and the ``<extra_0>`` separator.
 * **Policy**: a small Qwen2 causal LM trained from scratch on solutions of the noisy solver
-  (:func:`verl_prpo.testbed.task.noisy_solution`), so it starts at a moderate sampled accuracy with step-local
+  (:func:`examples.credit_assignment.task.noisy_solution`), so it starts at a moderate sampled accuracy with step-local
   mistakes to fix.
 * **PRM**: a Qwen2 token-classification model (TRL's PRM layout, read by the plugin's ``token_classification``
-  adapter) trained on step labels (:func:`verl_prpo.testbed.task.step_labels`) of noisy and corrupted solutions.
+  adapter) trained on step labels (:func:`examples.credit_assignment.task.step_labels`) of noisy and corrupted solutions.
   Its inputs are built by the adapter's own ``build_inputs``, so training and scoring see the same tokens.
 * **Data**: RL prompts (train) and held-out problems (eval) in verl's RL parquet; the eval questions never occur
   in SFT, PRM or RL training.
@@ -18,7 +18,7 @@ Everything is saved with ``save_pretrained`` (safetensors) under one folder with
 so each version is built once and committed as a small artefact, ``testbed_artifacts/v<version>/`` at the repository
 root (not installed by pip), with ``SHA256SUMS``. ``build_testbed(out)`` copies it into ``out`` (default
 ``$VERL_PRPO_CACHE/testbed``) after verifying every checksum, and trains from scratch only with ``rebuild=True``
-(``--rebuild``) or for settings no artefact has. Command line: ``python -m verl_prpo.testbed.build [--out DIR]
+(``--rebuild``) or for settings no artefact has. Command line: ``python -m examples.credit_assignment.build [--out DIR]
 [--rebuild] [--pin]``.
 """
 
@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from verl_prpo.testbed import task
+from examples.credit_assignment import task
 
 logger = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ def read_checksums(folder: Path) -> dict[str, str]:
     path = folder / CHECKSUMS
     if not path.exists():
         raise PinnedTestbedError(f"pinned testbed {folder} has no {CHECKSUMS}; restore the folder from git "
-                                 "(git checkout -- <folder>) or rebuild with python -m verl_prpo.testbed.build --rebuild")
+                                 "(git checkout -- <folder>) or rebuild with python -m examples.credit_assignment.build --rebuild")
     sums = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
         digest, sep, rel = line.partition("  ")
@@ -433,7 +433,7 @@ def pinned_testbed(settings: TestbedSettings, artifacts: Path | str | None = Non
         raise PinnedTestbedError(
             f"pinned testbed {root} does not match its {CHECKSUMS}:\n  " + "\n  ".join(bad) + "\nThe files were "
             "changed or damaged (a Git LFS pointer, a line-ending conversion, a partial checkout?). Restore them with "
-            f"git checkout -- {root}, or build from scratch with python -m verl_prpo.testbed.build --rebuild.")
+            f"git checkout -- {root}, or build from scratch with python -m examples.credit_assignment.build --rebuild.")
     return root
 
 
@@ -478,7 +478,7 @@ def pin_testbed(tb: Testbed, artifacts: Path | str | None = None) -> Path:
     command = " ".join([*(f"{key}={val}" for key, val in build.get("env", {}).items()), str(build.get("command"))])
     (dest / "README.md").write_text(
         f"# Pinned testbed, version {v}\n\n"
-        "The credit-assignment testbed (`verl_prpo/testbed/`) as built once, so that it is the same on every machine: "
+        "The credit-assignment testbed (`examples/credit_assignment/`) as built once, so that it is the same on every machine: "
         "`build_testbed()` copies this folder into the cache when the settings in `testbed.json` are its own, after "
         f"checking every file against `{CHECKSUMS}` (`sha256sum -c {CHECKSUMS}` here does the same check).\n\n"
         f"- policy: {pol['params']} parameters, SFT sampled accuracy {pol['sft_accuracy']:.3f} (avg@4, T = 1), "
@@ -488,8 +488,8 @@ def pin_testbed(tb: Testbed, artifacts: Path | str | None = None) -> Path:
         f"- built in {manifest['build_s']:.0f} s with `{command}`, {build.get('torch_threads')} torch "
         f"thread(s), torch {build.get('torch')} (the rest under `build` in `testbed.json`)\n\n"
         "Rebuild from scratch (the figures then depend on the machine, the thread count and the library versions): "
-        "`python -m verl_prpo.testbed.build --rebuild --out DIR`; pin a new version (after bumping "
-        "`TestbedSettings.version`): `python -m verl_prpo.testbed.build --rebuild --out DIR --pin`.\n")
+        "`python -m examples.credit_assignment.build --rebuild --out DIR`; pin a new version (after bumping "
+        "`TestbedSettings.version`): `python -m examples.credit_assignment.build --rebuild --out DIR --pin`.\n")
     bad = checksum_mismatches(dest, read_checksums(dest))
     if bad:
         raise PinnedTestbedError(f"{dest} was written but does not match its checksums:\n  " + "\n  ".join(bad))
@@ -556,7 +556,7 @@ def _build_info() -> dict:
                                 text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"command": " ".join(["python -m verl_prpo.testbed.build", *sys.argv[1:]]) if sys.argv[0].endswith(
+    return {"command": " ".join(["python -m examples.credit_assignment.build", *sys.argv[1:]]) if sys.argv[0].endswith(
                 "build.py") else None,
             "commit": commit, "torch": torch.__version__, "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__, "python": platform.python_version(),
@@ -591,7 +591,7 @@ def _build_from_scratch(tb: Testbed, *, rebuild: bool) -> Testbed:
         stage.write_text(json.dumps({"settings": _policy_settings(s), "sft_s": sft_s}))
     logger.info("testbed: training the PRM (%d steps) ...", s.prm_steps)
     prm, prm_stats = train_prm(tb.prm_dir, tokenizer, s, exclude, eval_set, tb.policy_dir)
-    from verl_prpo.testbed.evaluate import evaluate_policy
+    from examples.credit_assignment.evaluate import evaluate_policy
 
     sft_eval = evaluate_policy(policy, tokenizer, eval_set, k=4, seed=s.seed, max_new_tokens=s.max_response_length)
     tb.manifest = {

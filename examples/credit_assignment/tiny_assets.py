@@ -7,7 +7,7 @@
 * a small arithmetic dataset in verl's RL parquet format.
 
 Everything is saved with ``save_pretrained`` so that the real ``from_pretrained(<directory>)`` code paths are
-the ones exercised. Command line: ``python -m verl_prpo.assets --out DIR``.
+the ones exercised. Command line: ``python -m examples.credit_assignment.tiny_assets --out DIR``.
 """
 
 from __future__ import annotations
