@@ -44,6 +44,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "prl": ("prl", ["algorithm.prl.segmentation=newline"]),
     "spro": ("spro", []),
     "pure": ("pure", []),
+    # issue 22's diagnostics: segments that end where the PRM was trained to read (paragraphs); PRPO as the authors'
+    # released code ran it (their cut rule and sigma = sqrt(1/24), where the paper's prior gives sqrt(1/12))
+    "prpo_newline": ("prpo", ["algorithm.prpo.segmentation=newline"]),
+    "prpo_released": ("prpo", ["algorithm.prpo.cut_rule=released", f"algorithm.prpo.sigma={math.sqrt(1 / 24)}"]),
 }
 PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
 
