@@ -1,4 +1,4 @@
-"""Recipes (recipes/*/*.yaml + run_*.sh), scripts/run_single_node.sh and scripts/slurm/ray_on_slurm.sbatch.
+"""Recipes (recipes/config/*.yaml + recipes/*/run_*.sh), scripts/run_single_node.sh and scripts/slurm/ray_on_slurm.sbatch.
 
 No GPU, no network, no Ray: every recipe YAML is composed with Hydra against the installed verl and checked for the
 paper's values, the plugin's validation and verl's own start-up checks; every launcher is checked with ``bash -n``
@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
+CONFIG_DIR = RECIPES / "config"
 SINGLE_NODE = REPO / "scripts" / "run_single_node.sh"
 SBATCH = REPO / "scripts" / "slurm" / "ray_on_slurm.sbatch"
 
@@ -142,10 +143,15 @@ RUN_SCRIPTS = {
     "pure/run_pure.sh": "pure_qwen2.5-math-7b",
 }
 PRM_RECIPES = {name for name, exp in EXPECTED.items() if exp.get("prm.enable")}
+# the recipes that compose the PRPO paper's setting (recipes/config/setting/prpo_math_1.5b.yaml) and add what makes
+# them what they are; PRL and PURE have settings of their own
+SETTING = "setting/prpo_math_1.5b"
+OVERLAYS = {name for name in EXPECTED if not name.startswith(("prl_", "pure_"))}
 
 
 def _yaml_path(name: str) -> Path:
-    (path,) = [p for p in RECIPES.glob(f"*/{name}.yaml")]
+    path = CONFIG_DIR / f"{name}.yaml"
+    assert path.is_file(), path
     return path
 
 
@@ -205,8 +211,10 @@ def hydra_overrides(argv: list[str]) -> tuple[str, str, list[str]]:
 
 # ------------------------------------------------------------------------------------------------ the YAML files
 def test_every_recipe_is_listed():
-    found = {p.stem for p in RECIPES.glob("*/*.yaml")}
+    found = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
     assert found == set(EXPECTED)
+    assert {str(p.relative_to(RECIPES)) for p in RECIPES.rglob("*.yaml")} == \
+        {f"config/{n}.yaml" for n in EXPECTED} | {f"config/{SETTING}.yaml"}
     assert {str(p.relative_to(RECIPES)) for p in RECIPES.glob("*/run_*.sh")} == set(RUN_SCRIPTS)
     assert set(RUN_SCRIPTS.values()) == set(EXPECTED)
     readme = (RECIPES / "README.md").read_text()
@@ -214,19 +222,18 @@ def test_every_recipe_is_listed():
         assert f"recipes/{script}" in readme, script
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_yaml_header_and_comments(name):
-    text = _yaml_path(name).read_text()
-    raw = yaml.safe_load(text)
-    assert raw["hydra"]["searchpath"] == ["pkg://verl.trainer.config", "pkg://verl_prpo.conf"]
-    assert raw["defaults"] == ["prpo_base", "_self_"]
-    assert raw["trainer"]["v1"]["trainer_mode"] == "prpo_sync"
-    # every value set in a recipe carries its source: an inline comment on the key, or on the key of a list
-    body = text.split("\ndefaults:", 1)[1]
+def test_setting_values_carry_their_source():
+    """The shared setting is not a recipe (no searchpath, global package); each of its values has a source."""
+    text = (CONFIG_DIR / f"{SETTING}.yaml").read_text()
+    assert text.startswith("# @package _global_\n") and "hydra" not in yaml.safe_load(text)
+    _check_value_comments(SETTING, "\n" + text.split("\n\n", 1)[1])
+
+
+def _check_value_comments(name: str, body: str) -> None:
     last_key_commented = False
     for line in body.splitlines():
         stripped = line.strip()
-        if not stripped or stripped.startswith("#") or stripped in ("- prpo_base", "- _self_"):
+        if not stripped or stripped.startswith("#") or stripped in ("- prpo_base", f"- {SETTING}", "- _self_"):
             continue
         if stripped.startswith("- "):
             assert last_key_commented, f"{name}: list item without a commented key: {line!r}"
@@ -237,6 +244,33 @@ def test_yaml_header_and_comments(name):
         last_key_commented = "#" in value
         if value and not value.startswith("#"):
             assert "#" in value, f"{name}: value without a source comment: {line!r}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_yaml_header_and_comments(name):
+    text = _yaml_path(name).read_text()
+    raw = yaml.safe_load(text)
+    assert raw["hydra"]["searchpath"] == ["pkg://verl.trainer.config", "pkg://verl_prpo.conf"]
+    assert raw["defaults"] == (["prpo_base", SETTING, "_self_"] if name in OVERLAYS else ["prpo_base", "_self_"])
+    if name not in OVERLAYS:
+        assert raw["trainer"]["v1"]["trainer_mode"] == "prpo_sync"
+    # every value set in a recipe carries its source: an inline comment on the key, or on the key of a list
+    _check_value_comments(name, text.split("\ndefaults:", 1)[1])
+
+
+@pytest.mark.parametrize("name", sorted(OVERLAYS))
+def test_overlay_sets_only_what_differs_from_its_base(name):
+    """An overlay's YAML holds only the keys whose composed value differs from PRPO's (which sets only its name)."""
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    raw = yaml.safe_load(_yaml_path(name).read_text())
+    own = {k for k in leaves({k: v for k, v in raw.items() if k not in ("hydra", "defaults")})}
+    assert own == set(_diff(PRPO_1P5B, name)) | {"trainer.experiment_name"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -361,7 +395,7 @@ def test_run_script_dry_run(script, tmp_path):
     argv = main_ppo_line(r.stdout)
     assert argv[0] == "python"
     config_dir, config_name, overrides = hydra_overrides(argv)
-    assert config_name == name and Path(config_dir) == path.parent and Path(config_dir).is_absolute()
+    assert config_name == name and Path(config_dir) == CONFIG_DIR and Path(config_dir).is_absolute()
     assert overrides[-1] == "trainer.total_epochs=1"  # user overrides come last and win
     # the printed overrides compose, and the environment reached the config
     cfg = compose(name, tuple(overrides))

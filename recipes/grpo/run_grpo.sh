@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GRPO baseline (PRPO paper's setting without the PRM) on Qwen2.5-Math-1.5B.
-# Config: recipes/grpo/grpo_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
+# Config: recipes/config/grpo_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
 #
 #   bash recipes/grpo/run_grpo.sh [--dry-run] [hydra overrides...]
 #
@@ -15,4 +15,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../common.sh
 source "$HERE/../common.sh"
 
-math_setting_launch "$HERE" grpo_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B noprm -- "$@"
+math_setting_launch "$RECIPES_DIR/config" grpo_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B noprm -- "$@"

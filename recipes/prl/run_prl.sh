@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PRL (arXiv 2601.10201) on Qwen2.5-Math-1.5B (no PRM).
-# Config: recipes/prl/prl_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
+# Config: recipes/config/prl_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
 #
 #   bash recipes/prl/run_prl.sh [--dry-run] [hydra overrides...]
 #
@@ -18,7 +18,7 @@ source "$HERE/../common.sh"
 MODEL_PATH="${MODEL_PATH:-Qwen/Qwen2.5-Math-1.5B}"
 DATA_DIR="${DATA_DIR:-$RECIPES_REPO_ROOT/data/prepared/prl}"
 
-recipe_launch "$HERE" prl_qwen2.5-math-1.5b \
+recipe_launch "$RECIPES_DIR/config" prl_qwen2.5-math-1.5b \
   "data.train_files=$(hq "$DATA_DIR/numina_math_1_5_train.parquet")" \
   "data.val_files=$(hlist "$DATA_DIR"/{math500,minerva_math,olympiadbench,amc23,aime24}.parquet)" \
   "actor_rollout_ref.model.path=$(hq "$MODEL_PATH")" \

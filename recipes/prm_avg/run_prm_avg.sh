@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PRM-Avg baseline (PRPO paper) on Qwen2.5-Math-1.5B with Qwen2.5-Math-PRM-7B.
-# Config: recipes/prm_avg/prm_avg_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
+# Config: recipes/config/prm_avg_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
 #
 #   bash recipes/prm_avg/run_prm_avg.sh [--dry-run] [hydra overrides...]
 #
@@ -15,4 +15,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../common.sh
 source "$HERE/../common.sh"
 
-math_setting_launch "$HERE" prm_avg_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B prm -- "$@"
+math_setting_launch "$RECIPES_DIR/config" prm_avg_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B prm -- "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PRPO (arXiv 2601.07182) on Qwen2.5-Math-1.5B with Qwen2.5-Math-PRM-7B.
-# Config: recipes/prpo/prpo_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
+# Config: recipes/config/prpo_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
 #
 #   bash recipes/prpo/run_prpo_1.5b.sh [--dry-run] [hydra overrides...]
 #
@@ -15,4 +15,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../common.sh
 source "$HERE/../common.sh"
 
-math_setting_launch "$HERE" prpo_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B prm -- "$@"
+math_setting_launch "$RECIPES_DIR/config" prpo_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B prm -- "$@"

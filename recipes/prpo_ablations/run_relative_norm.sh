@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PRPO ablation on Qwen2.5-Math-1.5B: relative normalisation.
-# Config: recipes/prpo_ablations/prpo_relative_norm.yaml (paper values and their sources are commented there).
+# Config: recipes/config/prpo_relative_norm.yaml (paper values and their sources are commented there).
 #
 #   bash recipes/prpo_ablations/run_relative_norm.sh [--dry-run] [hydra overrides...]
 #
@@ -15,4 +15,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../common.sh
 source "$HERE/../common.sh"
 
-math_setting_launch "$HERE" prpo_relative_norm Qwen/Qwen2.5-Math-1.5B prm -- "$@"
+math_setting_launch "$RECIPES_DIR/config" prpo_relative_norm Qwen/Qwen2.5-Math-1.5B prm -- "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PURE (min-form credit assignment) on Qwen2.5-Math-7B with Qwen2.5-Math-PRM-7B, in the PRPO data setting.
-# Config: recipes/pure/pure_qwen2.5-math-7b.yaml (the released script's values and their sources are commented there).
+# Config: recipes/config/pure_qwen2.5-math-7b.yaml (the released script's values and their sources are commented there).
 #
 #   bash recipes/pure/run_pure.sh [--dry-run] [hydra overrides...]
 #
@@ -15,4 +15,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../common.sh
 source "$HERE/../common.sh"
 
-math_setting_launch "$HERE" pure_qwen2.5-math-7b Qwen/Qwen2.5-Math-7B prm -- "$@"
+math_setting_launch "$RECIPES_DIR/config" pure_qwen2.5-math-7b Qwen/Qwen2.5-Math-7B prm -- "$@"

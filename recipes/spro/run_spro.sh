@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPRO (arXiv 2507.01551) in the GRPO baseline's setting on Qwen2.5-Math-1.5B (no PRM).
-# Config: recipes/spro/spro_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
+# Config: recipes/config/spro_qwen2.5-math-1.5b.yaml (paper values and their sources are commented there).
 #
 #   bash recipes/spro/run_spro.sh [--dry-run] [hydra overrides...]
 #
@@ -15,4 +15,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../common.sh
 source "$HERE/../common.sh"
 
-math_setting_launch "$HERE" spro_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B noprm -- "$@"
+math_setting_launch "$RECIPES_DIR/config" spro_qwen2.5-math-1.5b Qwen/Qwen2.5-Math-1.5B noprm -- "$@"
