@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Prepare every local math dataset as verl RL parquet.
 #
-#   scripts/prepare_data.sh [DATA_DIR] [OUT_DIR]
+#   scripts/prepare_data.sh DATA_DIR [OUT_DIR]
 #
-# DATA_DIR  folder with train/ and eval/ JSON Lines files (default: ../shared/data, relative to the repo root)
+# DATA_DIR  folder with train/ and eval/ JSON Lines files (first argument or $DATA_DIR; required)
 # OUT_DIR   where the parquet files go (default: data/prepared)
 # Environment: TEMPLATE (default qwen_boxed), PYTHON (default: .venv/bin/python if present, else python),
 #              LIMIT (optional, keep at most N rows per dataset; for smoke tests).
@@ -16,7 +16,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-DATA_DIR="${1:-${DATA_DIR:-../shared/data}}"
+DATA_DIR="${1:-${DATA_DIR:-}}"
+if [[ -z "$DATA_DIR" ]]; then
+  echo "error: no data folder: pass a folder with train/ and eval/ JSON Lines files as the first argument" >&2
+  exit 2
+fi
 OUT_DIR="${2:-${OUT_DIR:-data/prepared}}"
 TEMPLATE="${TEMPLATE:-qwen_boxed}"
 if [[ -z "${PYTHON:-}" ]]; then

@@ -19,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from verl_prpo.cpu.launch import (cpu_mode_env, cpu_rollout_overrides, main_ppo_command, merge_overrides,
@@ -149,6 +150,56 @@ def plot_summary(summary: dict, path: Path, title: str) -> Path | None:
     return path
 
 
+def step_line(record: dict, total_steps: int) -> str | None:
+    """One compact line for a record of verl's file logger: step, training reward, held-out accuracy when this
+    record has it, seconds per step. None for a record with neither."""
+    data, step = record["data"], record["step"]
+    val_key = _val_key(data)
+    if "critic/score/mean" not in data and val_key is None:
+        return None
+    parts = [f"step {step:>{len(str(total_steps))}}/{total_steps}"]
+    if "critic/score/mean" in data:
+        parts.append(f"reward {data['critic/score/mean']:+.3f}")
+    if val_key is not None:
+        parts.append(f"held-out {data[val_key]:.3f}")
+    if "timing_s/step" in data:
+        parts.append(f"{data['timing_s/step']:.1f} s/step")
+    return "  ".join(parts)
+
+
+def run_with_step_lines(cmd: list[str], env: dict[str, str], out: Path, metrics_file: Path, *, total_steps: int,
+                        poll_s: float = 1.0) -> int:
+    """Run ``cmd`` with verl's output in ``out/train.log`` and print one line per step from verl's metrics file as
+    it grows; on failure print the log's tail."""
+    import time
+
+    log_path = out / "train.log"
+    print(f"training (verl's full output: {log_path}; Ray and the vLLM engine start in a minute or two) ...",
+          flush=True)
+    t0, offset, pending = time.time(), 0, ""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            rc = proc.poll()
+            if metrics_file.exists():
+                with open(metrics_file) as fh:
+                    fh.seek(offset)
+                    pending += fh.read()
+                    offset = fh.tell()
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    if line.strip() and (text := step_line(json.loads(line), total_steps)):
+                        print(f"{text}  [{time.time() - t0:5.0f} s]", flush=True)
+            if rc is not None:
+                break
+            time.sleep(poll_s)
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-40:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"main_ppo failed (exit code {rc}); full log: {log_path}", file=sys.stderr, flush=True)
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     # the quickstart is CPU mode by definition. Set here, not at import: importing build_command (tests, scripts)
     # must not switch the importing process to the cpu platform
@@ -169,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="run folder (metrics, curves)")
     p.add_argument("--metrics-file", default=None, help="verl's per-step metrics as JSON lines (default: in --out)")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    p.add_argument("--verbose", action="store_true", help="stream verl's own output instead of one line per step")
     args = p.parse_args(argv)
     if not args.dry_run:
         print("building the testbed on first use (a few minutes; cached afterwards) ...", flush=True)
@@ -184,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     metrics_file.unlink(missing_ok=True)
-    rc = subprocess.call(cmd, env=env, cwd=out)
+    if args.verbose:
+        rc = subprocess.call(cmd, env=env, cwd=out)
+    else:
+        rc = run_with_step_lines(cmd, env, out, metrics_file, total_steps=args.steps)
     if rc != 0:
         return rc
     summary = summarize(read_metrics(metrics_file))
