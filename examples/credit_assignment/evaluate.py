@@ -71,8 +71,15 @@ def _generate(model, tokenizer, problems, *, do_sample: bool, temperature: float
 
 
 def evaluate_policy(model, tokenizer, problems: list[task.Problem], *, k: int = 4, temperature: float = 1.0,
-                    max_new_tokens: int = 64, seed: int = 0) -> dict[str, float]:
-    """Greedy and sampled held-out metrics of ``model`` (see the module docstring)."""
+                    max_new_tokens: int = 64, seed: int = 0, per_problem: bool = False) -> dict:
+    """Greedy and sampled held-out metrics of ``model`` (see the module docstring).
+
+    The samples come from ``torch.manual_seed(seed)`` in a fixed order (problem-major, ``k`` per problem, batches of
+    256): two policies evaluated with the same seed use the same random numbers for the same sample (common random
+    numbers), so a paired difference between them has less noise than two independent evaluations. With
+    ``per_problem`` the result also holds ``correct_counts`` (per problem: correct samples out of ``k``) and
+    ``greedy_correct`` (per problem: 0/1), which the grid's confidence intervals resample.
+    """
     model.eval()
     greedy, _, _ = _generate(model, tokenizer, problems, do_sample=False, temperature=1.0,
                              max_new_tokens=max_new_tokens)
@@ -81,14 +88,18 @@ def evaluate_policy(model, tokenizer, problems: list[task.Problem], *, k: int = 
     sampled, lengths, entropy = _generate(model, tokenizer, repeated, do_sample=True, temperature=temperature,
                                           max_new_tokens=max_new_tokens)
     correct = [task.is_correct(p, t) for p, t in zip(repeated, sampled)]
-    per_problem = [correct[i * k: (i + 1) * k] for i in range(len(problems))]
-    return {
-        "greedy_accuracy": sum(task.is_correct(p, t) for p, t in zip(problems, greedy)) / len(problems),
+    counts = [sum(correct[i * k: (i + 1) * k]) for i in range(len(problems))]
+    greedy_ok = [int(task.is_correct(p, t)) for p, t in zip(problems, greedy)]
+    out = {
+        "greedy_accuracy": sum(greedy_ok) / len(problems),
         "sampled_accuracy": sum(correct) / len(correct),
-        "pass_at_k": sum(any(c) for c in per_problem) / len(problems),
+        "pass_at_k": sum(c > 0 for c in counts) / len(problems),
         "response_length": sum(lengths) / len(lengths),
         "entropy": entropy,
     }
+    if per_problem:
+        out.update(k=k, sampling_seed=seed, correct_counts=counts, greedy_correct=greedy_ok)
+    return out
 
 
 def load_policy(policy_dir: Path | str, actor_checkpoint: Path | str | None = None):

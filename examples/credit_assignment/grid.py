@@ -4,17 +4,30 @@ One cell is one method and one seed::
 
     python -m examples.credit_assignment.grid --methods prpo --seeds 0
 
-trains the testbed's SFT policy (``examples.credit_assignment.build``) for ``--steps`` steps with ``python -m
-verl.trainer.main_ppo`` in CPU mode (the plugin's ``prpo_trainer_cpu`` config, its estimators, PRM worker group with
-the trained PRM, and the ``prpo`` reward manager), saving the actor every ``--eval-every`` steps; then evaluates the
-step-0 policy and every checkpoint on the held-out problems (:mod:`examples.credit_assignment.evaluate`) and writes
-``<out>/runs/<method>_s<seed>.json``. A cell whose file exists is skipped, so the grid can be stopped and resumed.
-``--aggregate`` (also done after every grid invocation) collects all run files into ``<out>.json`` (the shape of
-issue 8), a Markdown table ``<out>.md`` and PNG curves ``<out>.png``.
+**Training** (``train_cell``) runs ``python -m verl.trainer.main_ppo`` in CPU mode (the plugin's ``prpo_trainer_cpu``
+config, its estimators, PRM worker group with the testbed's PRM, the ``prpo`` reward manager, verl's vLLM rollout)
+for ``--steps`` steps, saving the actor every ``--eval-every`` steps, into ``<work>/<method>_s<seed>/``
+(``checkpoints/global_step_N``, ``metrics.jsonl``, ``train.log``, and ``train_done.json`` last: the finished marker,
+with the command, commit, wall time and budget). ``--work`` defaults to ``<out>/work``; a cell whose
+``train_done.json`` exists is not trained again, whoever trained it (the grid, or a train-only launcher with the
+same layout), so training resumes cell by cell.
+
+**Evaluation** (``evaluate_cell``) samples the step-0 policy and every checkpoint on the held-out problems
+(:mod:`examples.credit_assignment.evaluate`, ``--k`` samples per problem, T = 1) with ONE sampling seed per
+training seed for all steps and methods (common random numbers: paired differences cancel most sampling noise),
+the step-0 evaluation shared by all methods of a seed (``<out>/step0/s<seed>.json``), and writes
+``<out>/runs/<method>_s<seed>.json``. A cell whose run file exists is skipped. ``--train-only`` / ``--eval-only``
+run one phase (``--eval-only`` evaluates the finished cells it finds and skips the others).
+
+``--aggregate`` (also done after every invocation) collects the run files into ``<out>.json`` (issue 8's shape plus
+``testbed_version`` and each run's confidence intervals; per method: mean over seeds with a t interval and a pooled
+problem-bootstrap interval, :mod:`examples.credit_assignment.intervals`), a Markdown table ``<out>.md`` and PNG curves
+``<out>.png``.
 
 Every method gets the same hyper-parameters; the only per-method settings are those that define the method
-(``METHODS``). Task-scaled settings, fixed before any result was seen: PRPO's minimum gap ``m = 4`` tokens (a step is
-about 10 tokens; the paper's m = 10 is for 2k-token responses) and PRL's steps = paragraphs (``newline``).
+(``METHODS``, and ``METHOD_PRM`` for the PRM it reads). Task-scaled settings, fixed before any result was seen:
+PRPO's minimum gap ``m = 4`` tokens (a step is about 10 tokens; the paper's m = 10 is for 2k-token responses) and
+PRL's steps = paragraphs (``newline``).
 """
 
 from __future__ import annotations
@@ -48,12 +61,18 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # released code ran it (their cut rule and sigma = sqrt(1/24), where the paper's prior gives sqrt(1/12))
     "prpo_newline": ("prpo", ["algorithm.prpo.segmentation=newline"]),
     "prpo_released": ("prpo", ["algorithm.prpo.cut_rule=released", f"algorithm.prpo.sigma={math.sqrt(1 / 24)}"]),
+    # PRPO (entropy segments) with the prefix PRM, trained to score any prefix (examples.credit_assignment.prefix_prm)
+    "prpo_prefix_prm": ("prpo", []),
 }
+#: methods that read another PRM than the testbed's step PRM: method -> the testbed asset (its folder name)
+METHOD_PRM: dict[str, str] = {"prpo_prefix_prm": "prefix_prm"}
 PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
 
 #: the budget every method gets (sized so that GRPO learns; see the README)
 DEFAULTS = {"steps": 20, "eval_every": 10, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2,
-            "k": 4}
+            "k": 16}
+#: the training budget (recorded in train_done.json)
+TRAIN_KEYS = ("steps", "prompts_per_step", "n", "lr", "updates_per_step")
 #: the settings that make two runs comparable (recorded in every run file; aggregate refuses to mix them)
 BUDGET_KEYS = ("steps", "prompts_per_step", "n", "lr", "updates_per_step", "k")
 DEFAULT_OUT = Path("benchmarks/results/credit_assignment")
@@ -110,9 +129,28 @@ def train_command(tb, method: str, *, seed: int, steps: int, out_dir: Path, save
         f"trainer.experiment_name={method}_s{seed}",
     ]
     if estimator in PRM_ESTIMATORS:
-        overrides += ["prm.enable=true", f"prm.model_path={tb.prm_dir}", "prm.adapter=token_classification"]
+        overrides += ["prm.enable=true", f"prm.model_path={prm_path(tb, method)}", "prm.adapter=token_classification"]
     env = cpu_mode_env(overrides, metrics_file)
     return main_ppo_command(merge_overrides(overrides + method_overrides, extra), python), env
+
+
+def prm_path(tb, method: str) -> Path:
+    """The PRM ``method`` trains with: the testbed's step PRM, or the asset ``METHOD_PRM`` names (built or copied
+    from its pinned artefact on first use)."""
+    asset = METHOD_PRM.get(method)
+    if asset is None:
+        return tb.prm_dir
+    if asset == "prefix_prm":
+        from examples.credit_assignment.prefix_prm import build_prefix_prm
+
+        return build_prefix_prm(tb)
+    raise ValueError(f"unknown PRM asset {asset!r} for method {method!r}")
+
+
+def eval_seed(seed: int) -> int:
+    """The sampling seed of every evaluation of training seed ``seed`` (all steps, all methods: common random
+    numbers)."""
+    return 10_000 * (seed + 1)
 
 
 def evaluate_checkpoint(tb, checkpoint: Path | None, *, k: int, seed: int, step: int) -> dict:
@@ -120,8 +158,8 @@ def evaluate_checkpoint(tb, checkpoint: Path | None, *, k: int, seed: int, step:
 
     model, tokenizer = load_policy(tb.policy_dir, checkpoint)
     # the same sampling seed for every method at a given (seed, step): common random numbers
-    out = evaluate_policy(model, tokenizer, tb.eval_problems(), k=k, seed=10_000 * seed + step,
-                          max_new_tokens=tb.settings.max_response_length)
+    out = evaluate_policy(model, tokenizer, tb.eval_problems(), k=k, seed=eval_seed(seed),
+                          max_new_tokens=tb.settings.max_response_length, per_problem=True)
     return {"step": step, **out}
 
 
@@ -129,7 +167,9 @@ def step0_eval(tb, out_root: Path, seed: int, k: int) -> dict:
     """The SFT policy's evaluation, shared by every method of a seed (cached)."""
     path = out_root / "step0" / f"s{seed}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if cached.get("k") == k and cached.get("sampling_seed") == eval_seed(seed) and "correct_counts" in cached:
+            return cached
     ev = evaluate_checkpoint(tb, None, k=k, seed=seed, step=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(ev))
@@ -150,21 +190,24 @@ def _commit() -> str | None:
     return (rev + "+dirty" if dirty else rev) or None
 
 
-def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_every: int, k: int,
-             prompts_per_step: int, n: int, lr: float, updates_per_step: int = DEFAULTS["updates_per_step"],
-             keep_checkpoints: bool = False, extra=None, log=print) -> dict:
-    """Train one method with one seed, evaluate its checkpoints, write ``runs/<method>_s<seed>.json``."""
-    out_root = Path(out_root)
-    result_path = out_root / "runs" / f"{method}_s{seed}.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    work = out_root / "work" / f"{method}_s{seed}"
+def cell_dir(work_root: Path, method: str, seed: int) -> Path:
+    return Path(work_root) / f"{method}_s{seed}"
+
+
+def train_cell(tb, method: str, seed: int, work_root: Path, *, steps: int, eval_every: int, prompts_per_step: int,
+               n: int, lr: float, updates_per_step: int = DEFAULTS["updates_per_step"], extra=None,
+               log=print) -> dict:
+    """Train one cell into ``<work_root>/<method>_s<seed>`` unless its ``train_done.json`` exists; returns that
+    record. A half-trained folder (no marker) is wiped and trained again."""
+    work = cell_dir(work_root, method, seed)
+    done = work / "train_done.json"
+    if done.exists():
+        return json.loads(done.read_text())
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    metrics_file = work / "metrics.jsonl"
     cmd, env = train_command(tb, method, seed=seed, steps=steps, out_dir=work, save_every=eval_every,
                              prompts_per_step=prompts_per_step, n=n, lr=lr, updates_per_step=updates_per_step,
-                             metrics_file=metrics_file, extra=extra)
+                             metrics_file=work / "metrics.jsonl", extra=extra)
     log(f"[{method} s{seed}] training {steps} steps ...")
     commit = _commit()  # the code the run trains with
     t0 = time.time()
@@ -174,30 +217,97 @@ def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_eve
     if rc != 0:
         tail = (work / "train.log").read_text(errors="replace")[-4000:]
         raise RuntimeError(f"{method} seed {seed}: main_ppo failed (rc={rc}); {work / 'train.log'}:\n{tail}")
+    record = {"method": method, "seed": seed, "wall_s": wall, "commit": commit, "command": cmd,
+              "estimator": METHODS[method][0], "overrides": METHODS[method][1],
+              "budget": {"steps": steps, "prompts_per_step": prompts_per_step, "n": n, "lr": lr,
+                         "updates_per_step": updates_per_step}}
+    done.write_text(json.dumps(record, indent=1))  # last: the marker of a finished cell
+    return record
+
+
+def _checkpoint_steps(work: Path, steps: int, eval_every: int) -> list[int]:
+    wanted = list(range(eval_every, steps + 1, eval_every))
+    if steps % eval_every:
+        wanted.append(steps)
+    missing = [s for s in wanted if not (work / "checkpoints" / f"global_step_{s}").is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{work}: no checkpoint for steps {missing} (trained with another --eval-every, or "
+                                "its checkpoints were removed); train the cell again")
+    return wanted
+
+
+#: the per-step training metrics a run file keeps (PRPO's terms when the estimator logs them)
+TRAIN_METRICS = ("critic/score/mean", "response_length/mean", "actor/entropy", "timing_s/step", "prpo/z/mean",
+                 "prpo/abs_beta/mean", "prpo/prm_score/mean", "prpo/prm_score/std", "prpo/segment_length/mean",
+                 "prpo/segments_per_response/mean")
+
+
+def evaluate_cell(tb, method: str, seed: int, out_root: Path, work_root: Path, *, k: int, steps: int,
+                  eval_every: int, keep_checkpoints: bool = True, log=print) -> dict:
+    """Evaluate a trained cell (``train_done.json`` present) and write ``<out_root>/runs/<method>_s<seed>.json``."""
+    out_root = Path(out_root)
+    result_path = out_root / "runs" / f"{method}_s{seed}.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    work = cell_dir(work_root, method, seed)
+    done = work / "train_done.json"
+    if not done.exists():
+        raise FileNotFoundError(f"{work} is not a finished cell (no train_done.json)")
+    trained = json.loads(done.read_text())
+    budget = {**{key: trained["budget"][key] for key in TRAIN_KEYS}, "k": k}
     t1 = time.time()
     evals = [step0_eval(tb, out_root, seed, k)]
-    for step in range(eval_every, steps + 1, eval_every):
-        evals.append(evaluate_checkpoint(tb, work / "checkpoints" / f"global_step_{step}", k=k, seed=seed, step=step))
-    if steps % eval_every:
-        evals.append(evaluate_checkpoint(tb, work / "checkpoints" / f"global_step_{steps}", k=k, seed=seed,
-                                         step=steps))
-    train = [{"step": r["step"], **{key: r["data"].get(key) for key in
-              ("critic/score/mean", "response_length/mean", "actor/entropy", "timing_s/step")}}
-             for r in read_metrics(metrics_file)]
-    budget = {"steps": steps, "prompts_per_step": prompts_per_step, "n": n, "lr": lr,
-              "updates_per_step": updates_per_step, "k": k}
-    result = {"method": method, "seed": seed, "steps": steps, "wall_s": wall, "eval_s": time.time() - t1,
-              "commit": commit, "budget": budget,
-              "estimator": METHODS[method][0], "overrides": METHODS[method][1], "eval": evals, "train": train}
+    for step in _checkpoint_steps(work, trained["budget"]["steps"], eval_every):
+        evals.append(evaluate_checkpoint(tb, work / "checkpoints" / f"global_step_{step}", k=k, seed=seed,
+                                         step=step))
+    train = [{"step": r["step"], **{key: r["data"].get(key) for key in TRAIN_METRICS if key in r["data"]}}
+             for r in read_metrics(work / "metrics.jsonl")]
+    result = {"method": method, "seed": seed, "steps": trained["budget"]["steps"], "wall_s": trained["wall_s"],
+              "eval_s": time.time() - t1, "commit": trained.get("commit"), "eval_commit": _commit(),
+              "command": trained.get("command"), "budget": budget, "testbed_version": tb.settings.version,
+              "estimator": METHODS.get(method, (trained.get("estimator"),))[0],
+              "overrides": trained.get("overrides"), "eval": evals, "train": train}
+    result["ci"] = run_intervals(result)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1))
     if not keep_checkpoints:
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    e0, e1 = evals[0], evals[-1]
-    log(f"[{method} s{seed}] {wall:.0f} s train + {result['eval_s']:.0f} s eval: sampled "
-        f"{e0['sampled_accuracy']:.3f} -> {e1['sampled_accuracy']:.3f}, greedy {e0['greedy_accuracy']:.3f} -> "
-        f"{e1['greedy_accuracy']:.3f}")
+    e0, e1, c = evals[0], evals[-1], result["ci"]["sampled_gain"]
+    log(f"[{method} s{seed}] eval {result['eval_s']:.0f} s: sampled {e0['sampled_accuracy']:.3f} -> "
+        f"{e1['sampled_accuracy']:.3f} (gain {c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]), greedy "
+        f"{e0['greedy_accuracy']:.3f} -> {e1['greedy_accuracy']:.3f}")
     return result
+
+
+def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_every: int, k: int,
+             prompts_per_step: int, n: int, lr: float, updates_per_step: int = DEFAULTS["updates_per_step"],
+             keep_checkpoints: bool = False, extra=None, work_root: Path | None = None, log=print) -> dict:
+    """Train one method with one seed (unless done), evaluate its checkpoints, write ``runs/<method>_s<seed>.json``."""
+    out_root = Path(out_root)
+    if (out_root / "runs" / f"{method}_s{seed}.json").exists():
+        return json.loads((out_root / "runs" / f"{method}_s{seed}.json").read_text())
+    work_root = Path(work_root) if work_root is not None else out_root / "work"
+    train_cell(tb, method, seed, work_root, steps=steps, eval_every=eval_every, prompts_per_step=prompts_per_step,
+               n=n, lr=lr, updates_per_step=updates_per_step, extra=extra, log=log)
+    return evaluate_cell(tb, method, seed, out_root, work_root, k=k, steps=steps, eval_every=eval_every,
+                         keep_checkpoints=keep_checkpoints, log=log)
+
+
+def run_intervals(run: dict) -> dict:
+    """95 % problem-bootstrap intervals of one run: final sampled and greedy accuracy, and their paired gains over
+    step 0 (same problems, same sampling seed)."""
+    from examples.credit_assignment import intervals as iv
+
+    e0, e1 = run["eval"][0], run["eval"][-1]
+    if "correct_counts" not in e0 or "correct_counts" not in e1:
+        return {}
+    k0, k1 = e0["k"], e1["k"]
+    return {
+        "sampled_final": iv.bootstrap_accuracy(e1["correct_counts"], k1),
+        "sampled_gain": iv.bootstrap_gain(e0["correct_counts"], e1["correct_counts"], k0, k_after=k1),
+        "greedy_final": iv.bootstrap_accuracy(e1["greedy_correct"], 1),
+        "greedy_gain": iv.bootstrap_gain(e0["greedy_correct"], e1["greedy_correct"], 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -218,13 +328,37 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _pts(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}"
+
+
+def method_summary(rs: list[dict]) -> dict:
+    """Across the seeds of one method: final accuracies and gains (mean, t interval over seeds) and the pooled
+    problem-bootstrap interval of the mean sampled gain (evaluation noise with the trained policies fixed)."""
+    from examples.credit_assignment import intervals as iv
+
+    f = lambda fn: [fn(r) for r in rs]  # noqa: E731
+    out = {"seeds": sorted(r["seed"] for r in rs)}
+    for key, fn in (("sampled_final", lambda r: r["eval"][-1]["sampled_accuracy"]),
+                    ("sampled_gain", lambda r: r["eval"][-1]["sampled_accuracy"] - r["eval"][0]["sampled_accuracy"]),
+                    ("greedy_final", lambda r: r["eval"][-1]["greedy_accuracy"]),
+                    ("greedy_gain", lambda r: r["eval"][-1]["greedy_accuracy"] - r["eval"][0]["greedy_accuracy"])):
+        out[key] = {**iv.t_interval(f(fn)), "per_seed": f(fn)}
+    if all("correct_counts" in r["eval"][0] and "correct_counts" in r["eval"][-1] for r in rs) and \
+            len({r["eval"][-1]["k"] for r in rs} | {r["eval"][0]["k"] for r in rs}) == 1:
+        k = rs[0]["eval"][-1]["k"]
+        out["sampled_gain_pooled"] = iv.pooled_gain(
+            [(r["eval"][0]["correct_counts"], r["eval"][-1]["correct_counts"]) for r in rs], k)
+    return out
+
+
 def summary_rows(runs: list[dict]) -> list[dict]:
     by_method: dict[str, list[dict]] = {}
     for r in runs:
         by_method.setdefault(r["method"], []).append(r)
     rows = []
     for method in [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS)):
-        rs = by_method[method]
+        rs = sorted(by_method[method], key=lambda r: r["seed"])
         f = lambda fn: [fn(r) for r in rs]  # noqa: E731
         rows.append({
             "method": method, "seeds": len(rs),
@@ -237,18 +371,35 @@ def summary_rows(runs: list[dict]) -> list[dict]:
             "length_change": f(lambda r: r["eval"][-1]["response_length"] - r["eval"][0]["response_length"]),
             "entropy_final": f(lambda r: r["eval"][-1]["entropy"]),
             "wall_s": f(lambda r: r["wall_s"]),
+            "summary": method_summary(rs),
         })
     return rows
 
 
 def markdown_table(runs: list[dict], k: int) -> str:
-    head = ("| method | seeds | greedy acc (final) | sampled acc (final) | sampled gain | sampled AUC | "
-            f"pass@{k} (final) | length change | entropy (final) | train s |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-    lines = [f"| {r['method']} | {r['seeds']} | {_ms(r['greedy_final'])} | {_ms(r['sampled_final'])} | "
-             f"{_ms(r['sampled_gain'])} | {_ms(r['sampled_auc'])} | {_ms(r['pass_at_k_final'])} | "
-             f"{_ms(r['length_change'])} | {_ms(r['entropy_final'])} | {statistics.mean(r['wall_s']):.0f} |"
-             for r in summary_rows(runs)]
+    """One row per method: sampled gain over step 0 in points (mean over seeds, 95 % t interval over seeds, pooled
+    problem-bootstrap interval, each seed's gain with its own bootstrap interval), then the final accuracies."""
+    head = ("| method | seeds | sampled gain, pts (mean [t 95 % over seeds]) | pooled 95 % (eval noise) | "
+            "per seed: gain [bootstrap 95 %] | sampled acc (final) | greedy gain, pts | greedy acc (final) | "
+            f"pass@{k} (final) | length change | train s |\n"
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    by_run = {(r["method"], r["seed"]): r for r in runs}
+    for row in summary_rows(runs):
+        sm = row["summary"]
+        g = sm["sampled_gain"]
+        t = f"{_pts(g['mean'])} [{_pts(g['lo'])}, {_pts(g['hi'])}]" if g["lo"] is not None else _pts(g["mean"])
+        pooled = sm.get("sampled_gain_pooled")
+        pooled_s = f"[{_pts(pooled['lo'])}, {_pts(pooled['hi'])}]" if pooled else "-"
+        seeds = []
+        for seed in sm["seeds"]:
+            c = by_run[(row["method"], seed)].get("ci", {}).get("sampled_gain")
+            seeds.append(f"s{seed} {_pts(c['mean'])} [{_pts(c['lo'])}, {_pts(c['hi'])}]" if c else f"s{seed}")
+        gg = sm["greedy_gain"]
+        lines.append(f"| {row['method']} | {row['seeds']} | {t} | {pooled_s} | {'; '.join(seeds)} | "
+                     f"{_ms(row['sampled_final'])} | {_pts(gg['mean'])} | {_ms(row['greedy_final'])} | "
+                     f"{_ms(row['pass_at_k_final'])} | {_ms(row['length_change'])} | "
+                     f"{statistics.mean(row['wall_s']):.0f} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -284,20 +435,32 @@ def plot(runs: list[dict], path: Path) -> Path | None:
     return path
 
 
-def aggregate(out_root: Path, tb, k: int) -> dict:
+def aggregate(out_root: Path, tb, k: int, expected: list[tuple[str, int]] | None = None) -> dict:
+    """Collect ``<out_root>/runs/*.json`` into ``<out_root>.json`` (+ ``.md`` table, ``.png`` curves); ``expected``
+    cells without a run file are listed under ``missing``."""
     out_root = Path(out_root)
     runs = [json.loads(p.read_text()) for p in sorted((out_root / "runs").glob("*.json"))]
     budgets = {json.dumps(r.get("budget"), sort_keys=True) for r in runs}
     if len(budgets) > 1:
         raise ValueError(f"{out_root / 'runs'} mixes runs with different budgets {sorted(budgets)}: a table must "
                          "compare methods under one budget (move the others to their own --out)")
+    for r in runs:  # run files written before the intervals existed
+        r.setdefault("ci", run_intervals(r))
     m = tb.manifest
+    have = {(r["method"], r["seed"]) for r in runs}
     results = {
+        "testbed_version": m.get("settings", {}).get("version"),
         "task": {**m.get("task", {}), "budget": runs[0].get("budget") if runs else None},
         "policy": {"params": m["policy"]["params"], "sft_accuracy": m["policy"]["sft_accuracy"],
                    "sft_greedy_accuracy": m["policy"]["sft_greedy_accuracy"]},
         "prm": {key: m["prm"][key] for key in ("params", "step_accuracy", "step_auc", "eval_steps")},
-        "runs": [{key: r[key] for key in ("method", "seed", "steps", "wall_s", "eval")} for r in runs],
+        "evaluation": {"k": k, "problems": m.get("task", {}).get("eval_problems"), "temperature": 1.0,
+                       "sampling_seed": "10000 * (seed + 1), shared by every step and method of a seed",
+                       "intervals": "95 %: problem bootstrap (4000 resamples, paired for gains); t over seeds"},
+        "runs": [{key: r.get(key) for key in ("method", "seed", "steps", "wall_s", "testbed_version", "ci", "eval")}
+                 for r in runs],
+        "methods": {row["method"]: row["summary"] for row in summary_rows(runs)},
+        "missing": [f"{mm}_s{ss}" for mm, ss in (expected or []) if (mm, ss) not in have],
     }
     out_root.with_suffix(".json").write_text(json.dumps(results, indent=1))
     if runs:
@@ -350,8 +513,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=DEFAULTS["k"], help="samples per held-out problem")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results prefix: <out>.json/.md/.png and <out>/runs")
     p.add_argument("--testbed", default=None, help="testbed folder (default: the cache)")
+    p.add_argument("--work", default=None,
+                   help="where cells train: <work>/<method>_s<seed>/ (default <out>/work; a train-only launcher's "
+                        "folder of the same layout is evaluated as it is)")
     p.add_argument("--aggregate", action="store_true", help="only collect the finished runs")
-    p.add_argument("--keep-checkpoints", action="store_true")
+    phase = p.add_mutually_exclusive_group()
+    phase.add_argument("--train-only", action="store_true", help="train the cells, evaluate nothing")
+    phase.add_argument("--eval-only", action="store_true",
+                       help="evaluate the cells whose train_done.json exists, train nothing")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the checkpoints after evaluating a cell the grid trained (--eval-only always keeps them)")
     p.add_argument("--jobs", type=int, default=1, help="cells run at the same time (separate processes)")
     p.add_argument("--no-aggregate", action="store_true", help=argparse.SUPPRESS)
     args, extra = p.parse_known_args(argv)
@@ -359,21 +530,35 @@ def main(argv: list[str] | None = None) -> int:
 
     tb = build_testbed(args.testbed or DEFAULT_DIR)
     out = Path(args.out)
+    work = Path(args.work) if args.work else out / "work"
+    methods = args.methods or available_methods()
     if not args.aggregate:
-        methods = args.methods or available_methods()
         cells = [(m, s) for s in args.seeds for m in methods if not (out / "runs" / f"{m}_s{s}.json").exists()]
-        if args.jobs > 1 and len(cells) > 1:
+        budget = dict(steps=args.steps, eval_every=args.eval_every, prompts_per_step=args.prompts_per_step, n=args.n,
+                      lr=args.lr, updates_per_step=args.updates_per_step)
+        if args.eval_only:
+            for method, seed in cells:
+                if (cell_dir(work, method, seed) / "train_done.json").exists():
+                    evaluate_cell(tb, method, seed, out, work, k=args.k, steps=args.steps,
+                                  eval_every=args.eval_every, keep_checkpoints=True)
+                else:
+                    print(f"[{method} s{seed}] not trained yet (no {cell_dir(work, method, seed)}/train_done.json)")
+        elif args.train_only:
+            for method, seed in cells:
+                train_cell(tb, method, seed, work, extra=extra, **budget)
+        elif args.jobs > 1 and len(cells) > 1:
             _run_parallel(cells, argv if argv is not None else sys.argv[1:], args.jobs)
         else:
             for method, seed in cells:
-                run_cell(tb, method, seed, out, steps=args.steps, eval_every=args.eval_every, k=args.k,
-                         prompts_per_step=args.prompts_per_step, n=args.n, lr=args.lr,
-                         updates_per_step=args.updates_per_step, keep_checkpoints=args.keep_checkpoints, extra=extra)
-    if args.no_aggregate:
+                run_cell(tb, method, seed, out, k=args.k, keep_checkpoints=args.keep_checkpoints, extra=extra,
+                         work_root=work, **budget)
+    if args.no_aggregate or args.train_only:
         return 0
-    res = aggregate(out, tb, args.k)
+    res = aggregate(out, tb, args.k, expected=[(m, s) for s in args.seeds for m in methods])
     if res["runs"]:
         print(out.with_suffix(".md").read_text())
+    if res["missing"]:
+        print(f"missing cells: {' '.join(res['missing'])}")
     return 0
 
 

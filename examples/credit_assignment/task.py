@@ -166,6 +166,27 @@ def step_labels(problem: Problem, steps: list[str]) -> list[bool]:
     return labels
 
 
+def prefix_is_right(problem: Problem, text: str) -> bool:
+    """Whether everything in ``text`` so far is still right: it is a prefix of the problem's correct solution (the
+    solution format is fixed, so the right continuation is unique). Monotone: once False, False for every longer
+    text; unlike ``step_labels``, a step that carries an earlier wrong value on is not right. The prefix PRM's
+    label (``examples.credit_assignment.prefix_prm``)."""
+    return format_solution(problem).startswith(text)
+
+
+def first_wrong_step(problem: Problem, solution: str) -> tuple[int, int] | None:
+    """Character span ``[start, end)`` in ``solution`` of its first step (non-blank paragraph) that ``step_labels``
+    marks wrong; None when every step is right (a solution can still be wrong without a wrong step: it stops before
+    the answer line)."""
+    pos, spans = 0, []
+    for part in solution.split(STEP_SEPARATOR):
+        if part.strip():
+            spans.append((pos, pos + len(part)))
+        pos += len(part) + len(STEP_SEPARATOR)
+    labels = step_labels(problem, [solution[a:b] for a, b in spans])
+    return next(((a, b) for (a, b), ok in zip(spans, labels) if not ok), None)
+
+
 def boxed_answer(solution: str) -> str | None:
     """The content of the last ``\\boxed{...}`` (no nesting in this task)."""
     found = re.findall(r"\\boxed\{([^{}]*)\}", solution)
