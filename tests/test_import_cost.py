@@ -138,11 +138,11 @@ def test_plugin_imports_without_verl(probes):
 @pytest.fixture
 def fake_module(tmp_path, monkeypatch):
     """A throw-away module ``prpo_fake_registry`` on sys.path, with a clean error table."""
-    from verl_prpo import registration
+    from verl_prpo import registration, startup
 
     (tmp_path / "prpo_fake_registry.py").write_text("REGISTRY = {}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registration, "_errors", {})
+    monkeypatch.setattr(startup, "registration_errors", {})
     yield registration
     sys.modules.pop("prpo_fake_registry", None)
 
@@ -180,10 +180,10 @@ def test_check_registered_names_a_missing_component(monkeypatch):
     from verl.experimental.reward_loop.reward_manager import registry as rm_registry
     from verl.trainer.ppo.v1 import trainer_base
 
-    from verl_prpo import registration
+    from verl_prpo import registration, startup
 
     registration.check_registered()  # everything is there in this process
-    monkeypatch.setattr(registration, "_errors", {})
+    monkeypatch.setattr(startup, "registration_errors", {})
     monkeypatch.delitem(trainer_base.TRAINER_REGISTRY, "prpo_sync")
     monkeypatch.delitem(rm_registry.REWARD_MANAGER, "prpo")
     with pytest.raises(RuntimeError, match=r"trainer mode prpo_sync.*reward manager prpo"):

@@ -9,10 +9,12 @@ The options live in verl's ``algorithm`` node, one sub-node per method::
       spro: {beta_s: 0.05, msa_norm: none}
       pure: {weighting: min_form, temperature: 0.1, ...}
 
-``from_algorithm_config(algorithm_node, "prpo")`` turns that sub-node (OmegaConf ``DictConfig``, verl ``AlgoConfig``
-dataclass, plain ``dict`` or ``None``) into the dataclass below. Every value is validated in ``__post_init__``; an
-error names the full key (``algorithm.prpo.k``), and an unknown key is an error too (a typo must not silently fall
-back to a default). The formulas the options select are specified in ``shared/docs/ALGORITHMS.md``.
+Each dataclass names its sub-node (``NODE``); ``PRPOConfig.from_algorithm(algorithm_node)`` (or
+``from_algorithm_config(algorithm_node, "prpo")``) turns that sub-node (OmegaConf ``DictConfig``, verl ``AlgoConfig``
+dataclass, plain ``dict`` or ``None``) into the dataclass. Every value is validated in ``__post_init__``; an error
+names the full key (``algorithm.prpo.k``), and an unknown key is an error too (a typo must not silently fall back to
+a default). The segmentation choices are the names of ``segmentation.STRATEGIES``. The formulas the options select
+are in docs/ALGORITHMS.md; which estimator reads which node is in the estimator registry (``verl_prpo.estimators``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["PRPOConfig", "PRLConfig", "SPROConfig", "PUREConfig", "CONFIG_CLASSES", "from_algorithm_config"]
+from verl_prpo.segmentation import CUT_RULES, STRATEGIES
+
+__all__ = ["EstimatorConfig", "PRPOConfig", "PRLConfig", "SPROConfig", "PUREConfig", "CONFIG_CLASSES",
+           "from_algorithm_config"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -64,7 +69,7 @@ def _check_bool(prefix: str, name: str, value: Any) -> None:
 
 
 def _check_cut_rule(prefix: str, cut_rule: Any, segmentation: str) -> None:
-    _check_choice(prefix, "cut_rule", cut_rule, PRPOConfig.CUT_RULES)
+    _check_choice(prefix, "cut_rule", cut_rule, CUT_RULES)
     if cut_rule != "greedy" and segmentation != "entropy":
         raise ValueError(f"{prefix}.cut_rule={cut_rule} applies to {prefix}.segmentation=entropy only, got "
                          f"segmentation={segmentation}")
@@ -75,8 +80,24 @@ def _check_cut_rule(prefix: str, cut_rule: Any, segmentation: str) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class EstimatorConfig:
+    """Base of the option dataclasses: ``NODE`` is the sub-node of verl's ``algorithm`` node that holds them."""
+
+    NODE: ClassVar[str]
+
+    @property
+    def key(self) -> str:
+        """The full key of the node, for error messages: ``algorithm.<NODE>``."""
+        return f"algorithm.{self.NODE}"
+
+    @classmethod
+    def from_algorithm(cls, algorithm_node: Any):
+        """Read ``algorithm.<NODE>`` into this dataclass (see ``from_algorithm_config``)."""
+        return _read_node(cls, algorithm_node)
+
+
 @dataclass
-class PRPOConfig:
+class PRPOConfig(EstimatorConfig):
     """``algorithm.prpo``: PRPO (arXiv 2601.07182) and the PRM-Avg baseline.
 
     Attributes:
@@ -114,13 +135,14 @@ class PRPOConfig:
     beta_norm: str = "none"
     eps: float = 1e-6
 
-    SEGMENTATIONS = ("entropy", "uniform", "random", "newline", "fixed")
-    CUT_RULES = ("greedy", "released")
+    NODE = "prpo"
+    SEGMENTATIONS = tuple(STRATEGIES)
+    CUT_RULES = CUT_RULES
     NORMALIZATIONS = ("fixed", "relative")
     BETA_NORMS = ("none", "std")
 
     def __post_init__(self) -> None:
-        p = "algorithm.prpo"
+        p = self.key
         _check_choice(p, "segmentation", self.segmentation, self.SEGMENTATIONS)
         _check_int(p, "k", self.k, 1)
         _check_int(p, "m", self.m, 1)
@@ -138,7 +160,7 @@ class PRPOConfig:
 
 
 @dataclass
-class PRLConfig:
+class PRLConfig(EstimatorConfig):
     """``algorithm.prl``: PRL, Process Reward Learning (arXiv 2601.10201).
 
     Attributes:
@@ -162,12 +184,13 @@ class PRLConfig:
     kl_scope: str = "step_end"
     eps: float = 1e-6
 
-    SEGMENTATIONS = ("fixed", "newline")
+    NODE = "prl"
+    SEGMENTATIONS = ("fixed", "newline")  # the strategies PRL's papers define steps by
     VARIANTS = ("outcome_first", "process_first")
     KL_SCOPES = ("step_end", "after_step", "whole_step")
 
     def __post_init__(self) -> None:
-        p = "algorithm.prl"
+        p = self.key
         _check_choice(p, "segmentation", self.segmentation, self.SEGMENTATIONS)
         _check_int(p, "step_len", self.step_len, 1)
         self.eta = _to_float(p, "eta", self.eta)
@@ -179,7 +202,7 @@ class PRLConfig:
 
 
 @dataclass
-class SPROConfig:
+class SPROConfig(EstimatorConfig):
     """``algorithm.spro``: SPRO, Self-Guided Process Reward Optimization (arXiv 2507.01551; no public code).
 
     Attributes:
@@ -194,10 +217,11 @@ class SPROConfig:
     msa_norm: str = "none"
     eps: float = 1e-6
 
+    NODE = "spro"
     MSA_NORMS = ("none", "std")
 
     def __post_init__(self) -> None:
-        p = "algorithm.spro"
+        p = self.key
         self.beta_s = _to_float(p, "beta_s", self.beta_s)
         _check_positive(p, "beta_s", self.beta_s)
         _check_choice(p, "msa_norm", self.msa_norm, self.MSA_NORMS)
@@ -206,7 +230,7 @@ class SPROConfig:
 
 
 @dataclass
-class PUREConfig:
+class PUREConfig(EstimatorConfig):
     """``algorithm.pure``: PURE, min-form credit assignment (arXiv 2504.15275; released code CJReinforce/PURE).
 
     Attributes:
@@ -237,13 +261,14 @@ class PUREConfig:
     seed: int = 0
     cut_rule: str = "greedy"
 
+    NODE = "pure"
     WEIGHTINGS = ("min_form", "none")
     BASELINES = ("token", "step")
     #: the PRM's neutral probability (r = 2 * 0.5 - 1 = 0): the score of a segment the PRM could not read
     mu = 0.5
 
     def __post_init__(self) -> None:
-        p = "algorithm.pure"
+        p = self.key
         _check_choice(p, "weighting", self.weighting, self.WEIGHTINGS)
         self.temperature = _to_float(p, "temperature", self.temperature)
         _check_positive(p, "temperature", self.temperature)
@@ -261,8 +286,8 @@ class PUREConfig:
         _check_cut_rule(p, self.cut_rule, self.segmentation)
 
 
-#: sub-node name of the ``algorithm`` node -> its dataclass
-CONFIG_CLASSES: dict[str, type] = {"prpo": PRPOConfig, "prl": PRLConfig, "spro": SPROConfig, "pure": PUREConfig}
+#: sub-node name of the ``algorithm`` node -> its dataclass, for the dataclasses of this module
+CONFIG_CLASSES: dict[str, type] = {cls.NODE: cls for cls in (PRPOConfig, PRLConfig, SPROConfig, PUREConfig)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,17 +337,20 @@ def from_algorithm_config(algorithm_node: Any, name: str):
         name: the sub-node to read.
 
     Returns:
-        ``PRPOConfig`` / ``PRLConfig`` / ``SPROConfig`` / ``PUREConfig``. A missing or ``None`` sub-node gives the defaults; an
-        instance of the dataclass is returned as is.
+        ``PRPOConfig`` / ``PRLConfig`` / ``SPROConfig`` / ``PUREConfig``. A missing or ``None`` sub-node gives the
+        defaults; an instance of the dataclass is returned as is.
 
     Raises:
         ValueError: unknown ``name``, a sub-node that is not a mapping, an unknown key (named), or a bad value (named).
     """
     if name not in CONFIG_CLASSES:
         raise ValueError(f"unknown algorithm config section {name!r}; expected one of {list(CONFIG_CLASSES)}")
-    cls = CONFIG_CLASSES[name]
-    key = f"algorithm.{name}"
-    sub = _lookup(algorithm_node, name)
+    return CONFIG_CLASSES[name].from_algorithm(algorithm_node)
+
+
+def _read_node(cls: type, algorithm_node: Any):
+    key = f"algorithm.{cls.NODE}"
+    sub = _lookup(algorithm_node, cls.NODE)
     if sub is None:
         return cls()
     if isinstance(sub, cls):

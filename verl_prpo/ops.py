@@ -1,8 +1,8 @@
 """Tensor pieces the estimators share: group numbering by uid, GRPO group statistics, masked sums and checks.
 
 Plain vectorised torch (``index_add_``, ``cumsum``, ``where``): no Python loop over groups, responses or tokens. Groups
-are keyed by ``uid``, never by batch position, and numbered 0..G-1 by ``group_ids``. Needs only torch, numpy and
-(optionally) pandas; not verl.
+are keyed by ``uid``, never by batch position, and numbered 0..G-1 by ``group_ids``. Needs only torch and numpy;
+not verl.
 
 Shapes: B = responses in the batch, L = response length (padded), G = number of groups (distinct uids).
 """
@@ -18,13 +18,14 @@ __all__ = [
     "group_ids",
     "group_sum",
     "group_mean_std",
+    "group_normalized",
     "outcome_advantage",
+    "group_token_mean_std",
     "masked_suffix_sum",
     "masked_cumsum",
     "group_position_stats",
     "check_finite",
     "valid_mask",
-    "count_valid",
     "masked_mean",
     "masked_mean_std",
 ]
@@ -47,11 +48,8 @@ def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = No
         True if every element is finite; False if some NaN/inf sit outside the mask only (the caller must then keep
         them out of its arithmetic: ``NaN * 0`` is NaN).
     """
-    if not tensor.is_floating_point() or tensor.numel() == 0:
+    if not tensor.is_floating_point():
         return True  # integer tensors cannot hold NaN/inf
-    lo, hi = torch.aminmax(tensor)  # NaN propagates, an inf is the min or the max: one pass (isfinite: ~20x slower)
-    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
-        return True
     finite = torch.isfinite(tensor)
     bad = ~finite if mask is None else ~finite & valid_mask(mask)
     if bool(bad.any()):
@@ -126,6 +124,26 @@ def group_mean_std(
     return torch.where(single, 0.0, mean), torch.where(single, 1.0, var.sqrt()), count
 
 
+def group_normalized(values: torch.Tensor, gid: torch.Tensor, num_groups: int, *, norm_by_std: bool = True,
+                     eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO's normalisation of one value per response within its group (ALGORITHMS.md, "GRPO outcome advantage").
+
+        centred_i    = v_i - mean_G v
+        normalised_i = centred_i / (std_G v + eps)          (centred_i if not ``norm_by_std``)
+    with verl's conventions (unbiased std; a group of one has mean 0 and std 1).
+
+    Args:
+        values: ``(B,)`` float. gid: ``(B,)`` long group numbers. num_groups: G.
+
+    Returns:
+        normalised ``(B,)`` and centred ``(B,)``.
+    """
+    gid = gid.to(values.device)
+    mean, std, _ = group_mean_std(values, gid, num_groups)
+    centred = values - mean[gid]
+    return (centred / (std[gid] + eps) if norm_by_std else centred), centred
+
+
 def outcome_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -151,11 +169,28 @@ def outcome_advantage(
     """
     gid, num_groups = groups if groups is not None else group_ids(index, expected_len=token_level_rewards.shape[0])
     R = token_level_rewards.float().sum(dim=-1)
-    gid = gid.to(R.device)
-    mean, std, _ = group_mean_std(R, gid, num_groups)
-    beta = R - mean[gid]
-    a_out = beta / (std[gid] + eps) if norm_by_std else beta
-    return a_out, beta
+    return group_normalized(R, gid, num_groups, norm_by_std=norm_by_std, eps=eps)
+
+
+def group_token_mean_std(x: torch.Tensor, mask: torch.Tensor, gid: torch.Tensor, num_groups: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-weighted mean and unbiased std of ``x`` over the valid tokens of each group.
+
+        n_g    = sum_{i in g, t} m_{i,t},   mean_g = sum_{i in g, t} x_{i,t} m_{i,t} / n_g
+        std_g  = sqrt( sum_{i in g, t} (x_{i,t} - mean_g)^2 m_{i,t} / (n_g - 1) ),   1 where n_g < 2
+
+    Args:
+        x: ``(B, L)`` float, finite. mask: ``(B, L)`` 0/1 or bool. gid: ``(B,)`` long. num_groups: G.
+
+    Returns:
+        mean ``(G,)`` (0 for a group without valid tokens) and std ``(G,)``.
+    """
+    m = valid_mask(mask).to(x.dtype)
+    n = group_sum(m.sum(-1), gid, num_groups)
+    mean = group_sum((x * m).sum(-1), gid, num_groups) / n.clamp(min=1.0)
+    sq_dev = ((x - mean[gid, None]) ** 2 * m).sum(-1)
+    std = torch.where(n >= 2, (group_sum(sq_dev, gid, num_groups) / (n - 1.0).clamp(min=1.0)).sqrt(), 1.0)
+    return mean, std
 
 
 def masked_suffix_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -188,59 +223,40 @@ def group_position_stats(
         sum, count, mean, std, each ``(G, L)`` float. Where n = 0 the mean is 0; where n < 2 the std is 0 (undefined;
         callers divide ``0 / (0 + eps)`` there).
     """
-    m = mask if mask.dtype == x.dtype else valid_mask(mask).to(x.dtype)
-    xm = x * m
-    total, count = group_sum(xm, gid, num_groups), group_sum(m, gid, num_groups)
+    m = valid_mask(mask).to(x.dtype)
+    total, count = group_sum(x * m, gid, num_groups), group_sum(m, gid, num_groups)
     mean = total / count.clamp(min=1.0)
     std = None
     if with_std:
-        dev = (xm - mean[gid]) * m
-        var = group_sum(dev**2, gid, num_groups) / (count - 1.0).clamp(min=1.0)
+        var = group_sum((x - mean[gid]) ** 2 * m, gid, num_groups) / (count - 1.0).clamp(min=1.0)
         std = torch.where(count >= 2.0, var.sqrt(), 0.0)
     return total, count, mean, std
 
 
-def count_valid(m: torch.Tensor) -> int:
-    """Number of ones in a float32/float64 0/1 mask: the float64 total of its row sums, exact for rows shorter than
-    2**24 (``count_nonzero`` of a float tensor is about 8x slower on CPU)."""
-    return int(m.sum(-1).double().sum())
-
-
-def _float_mask(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """``mask`` (0/1, bool or None = all) in ``x``'s dtype, and the number of valid entries (``count_valid``)."""
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"masked statistics take float32 or float64 values, got {x.dtype}")
-    m = torch.ones_like(x) if mask is None else mask if mask.dtype == x.dtype else mask.to(x.dtype)
-    return m, count_valid(m)
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, *, zero_off_mask: bool = False) -> float:
-    """Mean of ``x`` over ``mask`` as a Python float (0.0 when empty): the first pass of ``masked_mean_std``."""
-    m, n = _float_mask(x, mask)
-    xm = x if zero_off_mask else x * m
-    return float(xm.sum(-1).double().sum()) / n if n else 0.0
+    """Mean of ``x`` over ``mask`` as a Python float (0.0 when empty): the first value of ``masked_mean_std``."""
+    return masked_mean_std(x, mask, zero_off_mask=zero_off_mask)[0]
 
 
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None, *, zero_off_mask: bool = False
                     ) -> tuple[float, float]:
     """Mean and unbiased std of ``x`` over ``mask`` as Python floats (0.0 when empty / fewer than two values).
 
-        n = sum m,   mean = sum x m / n,   std = sqrt( sum m (x - mean)^2 / (n - 1) )      (two passes)
+        n = sum m,   mean = sum x m / n,   std = sqrt( sum m (x - mean)^2 / (n - 1) )      (two passes, float64)
 
-    Each row (last dim) is summed in ``x``'s dtype and the row sums in float64: no (B, L) float64 copy, no gather of
-    the valid values. ``x`` must be finite everywhere (a NaN off the mask would survive the product; the estimators
-    pass checked tensors). ``mask``: 0/1 or bool; multiplying by a float mask is ~3x cheaper on CPU than a bool
-    ``where``, so the estimators pass their float mask. ``zero_off_mask``: the caller guarantees x = 0 wherever the
-    mask is 0 (an estimator's advantages), so x m is x itself and that pass over (B, L) is skipped.
+    ``x``: float32 or float64, finite where the mask is set (a NaN off the mask would survive the product; the
+    estimators pass checked tensors). ``mask``: 0/1 or bool, None for all. ``zero_off_mask``: the caller promises
+    x = 0 wherever the mask is 0 (an estimator's advantages), so x itself is the masked sum's term.
     """
-    m, n = _float_mask(x, mask)
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"masked statistics take float32 or float64 values, got {x.dtype}")
+    x = x.double()
+    m = torch.ones_like(x) if mask is None else valid_mask(mask).double()
+    n = float(m.sum())
     if n == 0:
         return 0.0, 0.0
-    xm = x if zero_off_mask else x * m
-    mean = float(xm.sum(-1).double().sum()) / n
+    mean = float((x if zero_off_mask else x * m).sum()) / n
     if n < 2:
         return mean, 0.0
-    # (x - mean) m = x m - mean m (m is 0/1); in xm's buffer unless xm is the caller's x
-    dev = xm.sub(m, alpha=mean) if zero_off_mask else xm.sub_(m, alpha=mean)
-    var = float(torch.linalg.vector_norm(dev, dim=-1).double().square().sum()) / (n - 1.0)
-    return mean, var**0.5
+    dev = x - mean * m if zero_off_mask else (x - mean) * m  # equal where the promise holds
+    return mean, (float((dev**2).sum()) / (n - 1.0)) ** 0.5

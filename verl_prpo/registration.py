@@ -11,7 +11,7 @@ module, so nothing can be looked up before the entry is there.
 verl module (imported by verl itself)  what is registered then                        what that imports
 =====================================  =============================================  ===================================
 ``verl.plugin.platform``               ``cpu`` in ``PlatformRegistry``                ``verl_prpo.cpu.platform`` (torch)
-``verl.trainer.ppo.core_algos``        ``prpo prl spro prm_avg ...`` estimators        ``verl_prpo.estimators``
+``verl.trainer.ppo.core_algos``        every estimator of the registry                ``verl_prpo.estimators``
 ``verl.trainer.ppo.v1``                trainer mode ``prpo_sync``                      ``verl_prpo.trainer``
 ``verl.experimental.reward_loop``      reward manager ``prpo``                         ``verl_prpo.reward_manager``
 ``.reward_manager``
@@ -33,9 +33,10 @@ engines are imported).
 Without verl (a bare torch + transformers machine), no hook ever fires and ``import verl_prpo`` imports nothing else.
 
 verl swallows plugin import errors (it logs them at DEBUG), and a registration that runs inside one of verl's imports
-must not break that import: failures are logged as warnings and kept, and ``check_registered`` (called when the
-trainer is built) imports every owning module, which runs any registration still pending, and raises if anything is
-missing or failed.
+must not break that import: failures are logged as warnings and kept in ``verl_prpo.startup.registration_errors``;
+``verl_prpo.startup.check_registered`` (called when the trainer is built) imports every owning module, which runs any
+registration still pending, and raises if anything is missing or failed. The estimators are registered from their
+records (``verl_prpo.estimators.ESTIMATORS``): this module names no estimator.
 """
 
 from __future__ import annotations
@@ -44,25 +45,19 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import logging
-import os
 import sys
 import threading
 from typing import Callable
 
+from verl_prpo import startup
+from verl_prpo.startup import check_registered, cpu_mode as _cpu_mode  # noqa: F401  (check_registered: re-export)
+
 logger = logging.getLogger(__name__)
 
-#: module that registers the estimators in verl's ADV_ESTIMATOR_REGISTRY (its ESTIMATOR_NAMES lists them)
+#: the estimator registry, whose records are registered in verl's ADV_ESTIMATOR_REGISTRY (its ESTIMATOR_NAMES)
 ESTIMATORS_MODULE = "verl_prpo.estimators"
 #: modules imported for their registration side effects (each when its verl module is imported)
 REGISTERING_MODULES: tuple[str, ...] = (ESTIMATORS_MODULE, "verl_prpo.reward_manager", "verl_prpo.trainer")
-
-_errors: dict[str, BaseException] = {}
-
-
-def _cpu_mode() -> bool:
-    from verl_prpo.cpu import CPU_PLATFORM_NAME
-
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM_NAME
 
 
 # ------------------------------------------------------------------------------------------- registration steps
@@ -77,7 +72,10 @@ def _register_platform() -> None:
 
 
 def _register_estimators() -> None:
-    importlib.import_module(ESTIMATORS_MODULE)
+    from verl.trainer.ppo.core_algos import register_adv_est
+
+    for spec in importlib.import_module(ESTIMATORS_MODULE).ESTIMATORS.values():
+        register_adv_est(spec.name)(spec.fn)
 
 
 def _register_trainer() -> None:
@@ -130,7 +128,7 @@ def _run(name: str, step: Callable[[], None]) -> None:
     try:
         step()
     except Exception as exc:  # noqa: BLE001 - kept and re-raised by check_registered at trainer start
-        _errors[name] = exc
+        startup.registration_errors[name] = exc
         logger.warning("verl_prpo: registering %s failed: %r", name, exc)
 
 
@@ -216,68 +214,6 @@ def pending_registrations() -> dict[str, list[str]]:
 
 
 def __getattr__(name: str):
-    if name == "ESTIMATOR_NAMES":  # defined once, by the module that registers them
+    if name == "ESTIMATOR_NAMES":  # the registry's names, read when asked (importing it needs torch)
         return importlib.import_module(ESTIMATORS_MODULE).ESTIMATOR_NAMES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def check_registered() -> None:
-    """Raise a clear error if a plugin component is not registered in verl in this process.
-
-    Imports the verl module behind every registry (which runs the registration steps still pending), then checks
-    each name. Meant for the trainer process, where those modules are loaded anyway.
-    """
-    register_all()
-    if _cpu_mode() and "verl.workers.engine" in sys.modules and "verl.workers.engine" not in _finder.pending():
-        # VERL_PLATFORM=cpu was set after verl's engine module was imported (its hook saw no CPU mode): register now
-        _run("cpu engines", _register_cpu_engines)
-    if _cpu_mode() and "verl.workers.rollout.replica" in sys.modules \
-            and "verl.workers.rollout.replica" not in _finder.pending():
-        _run("rollout replica hf", _register_rollout_replica)  # the same late case: registers the CPU vllm replica
-    for module, _, _ in HOOKS:
-        if module == "verl.workers.engine" and not _cpu_mode():
-            continue
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - reported below with the rest
-            _errors.setdefault(f"import {module}", exc)
-    if _errors:
-        details = "; ".join(f"{k}: {v!r}" for k, v in _errors.items())
-        raise RuntimeError(f"verl_prpo failed to register its components: {details}")
-
-    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
-    from verl.plugin.platform import PlatformRegistry
-    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
-    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
-    from verl.workers.rollout import base as rollout_base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
-
-    from verl_prpo.cpu import CPU_PLATFORM_NAME
-    from verl_prpo.cpu.registry import HF_ROLLOUT_NAME
-
-    names = importlib.import_module(ESTIMATORS_MODULE).ESTIMATOR_NAMES
-    missing = [n for n in names if n not in ADV_ESTIMATOR_REGISTRY]
-    if "prpo_sync" not in TRAINER_REGISTRY:
-        missing.append("trainer mode prpo_sync")
-    if "prpo" not in REWARD_MANAGER:
-        missing.append("reward manager prpo")
-    if PlatformRegistry.get(CPU_PLATFORM_NAME) is None:
-        missing.append("platform cpu")
-    if HF_ROLLOUT_NAME not in RolloutReplicaRegistry._registry or \
-            (HF_ROLLOUT_NAME, "async") not in rollout_base._ROLLOUT_REGISTRY:
-        missing.append("rollout hf")
-    if _cpu_mode():
-        from verl_prpo.cpu.registry import VLLM_ROLLOUT_NAME, load_cpu_vllm_replica
-
-        if RolloutReplicaRegistry._registry.get(VLLM_ROLLOUT_NAME) is not load_cpu_vllm_replica:
-            missing.append("rollout vllm (CPU build)")
-        from verl.workers.engine.base import EngineRegistry
-
-        for model_type in ("language_model", "value_model"):
-            if CPU_PLATFORM_NAME not in EngineRegistry._engines.get(model_type, {}).get("fsdp", {}):
-                missing.append(f"cpu engine {model_type}")
-    if missing:
-        raise RuntimeError(
-            f"verl_prpo components {missing} are not registered in verl. Is verl-prpo installed in this "
-            "environment (pip install -e .), or set VERL_USE_EXTERNAL_MODULES=verl_prpo for every Ray worker?"
-        )

@@ -1,8 +1,8 @@
-"""Segmentation of responses into steps, vectorised over the batch.
+"""Segmentation of responses into steps: one function per strategy, vectorised over the batch.
 
 Positions are response-token positions; ``L_i`` is the index of response i's last valid token + 1. A *cut* at c
 means token c starts a new segment, so cuts c_1 < ... < c_k give segments ``[0,c_1), [c_1,c_2), ..., [c_k, L_i)``.
-Strategies (``shared/docs/ALGORITHMS.md``, PRPO step 1 and PRL steps):
+Strategies (docs/ALGORITHMS.md, PRPO step 1 and PRL steps), the table ``STRATEGIES`` (name -> function):
 
 * ``entropy``: entropy spikes, selected by ``cut_rule``:
   ``greedy`` (the method): repeat k times: accept the eligible position with the highest entropy (ties: the earlier
@@ -12,28 +12,27 @@ Strategies (``shared/docs/ALGORITHMS.md``, PRPO step 1 and PRL steps):
   c_i or the first later c_j more than m away, a second pass with a minimum gap m from 0; ``L_i < k + 1`` gives one
   segment (ALGORITHMS.md, PRPO step 1, with worked cases).
 * ``uniform``: cuts ``floor(j * L_i / (k + 1))``, j = 1..k, deduplicated, kept in ``[1, L_i)``.
-* ``random``: the ``entropy`` procedure with seeded uniform random priorities instead of the entropy.
+* ``random``: the greedy ``entropy`` rule with seeded uniform random priorities instead of the entropy.
 * ``newline``: a cut at t + 1 after every valid token t whose text contains ``"\\n\\n"`` (t + 1 < L_i).
 * ``fixed``: cuts at ``step_len, 2 * step_len, ... < L_i``.
 
-Segments are spans of positions; a position inside ``[0, L_i)`` whose mask is 0 (a hole, e.g. a tool output in a
-multi-turn response) belongs to no segment (id -1) but does not split one. Every strategy produces a (B, L) bool map
-of segment starts; ids are its running count. Plain vectorised torch; needs only torch, not verl.
+Each strategy returns the (B, L) bool map of segment starts; ``segment`` turns it into ids (the running count of
+starts). Segments are spans of positions: a position inside ``[0, L_i)`` whose mask is 0 (a hole, e.g. a tool output
+in a multi-turn response) belongs to no segment (id -1) but does not split one. Needs only torch, not verl.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from verl_prpo.ops import check_finite, valid_mask
 
-__all__ = ["Segmentation", "STRATEGIES", "segment", "build_newline_token_mask", "broadcast_segment_scores",
-           "response_lengths", "segmentation_from_ids", "segment_table_index"]
+__all__ = ["Segmentation", "STRATEGIES", "CUT_RULES", "segment", "build_newline_token_mask",
+           "broadcast_segment_scores", "response_lengths", "segmentation_from_ids"]
 
-STRATEGIES: tuple[str, ...] = ("entropy", "uniform", "random", "newline", "fixed")
 CUT_RULES: tuple[str, ...] = ("greedy", "released")
 
 
@@ -42,9 +41,7 @@ class Segmentation:
     """The segments of a batch of responses.
 
     Attributes:
-        segment_ids: ``(B, L)`` int32: 0..S_i-1 on valid positions, -1 elsewhere (int32, not int64: a fresh (B, L)
-            int64 tensor costs about 15 ms of page faults on CPU at 1024 x 4096; torch's gather and scatter take
-            int32 indices).
+        segment_ids: ``(B, L)`` long: 0..S_i-1 on valid positions, -1 elsewhere.
         starts: ``(B, L)`` bool: True where a segment starts (position 0 of a non-empty response too).
         num_segments: ``(B,)`` long; 0 for an empty response.
     """
@@ -66,46 +63,21 @@ class Segmentation:
 def response_lengths(response_mask: torch.Tensor) -> torch.Tensor:
     """``(B,)`` long: L_i = index of the last valid token + 1 (0 for an empty response)."""
     mask = valid_mask(response_mask)
-    if mask.shape[-1] == 0:
-        return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
-    pos1 = torch.arange(1, mask.shape[-1] + 1, device=mask.device, dtype=torch.float32)  # exact below 2**24
-    return (mask * pos1).amax(dim=-1).long()
+    pos1 = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    return torch.where(mask, pos1, 0).amax(dim=-1) if mask.shape[-1] else pos1.new_zeros(mask.shape[0])
 
 
-def _from_starts(starts: torch.Tensor, mask: torch.Tensor) -> Segmentation:
-    """Segmentation from the (B, L) bool map of segment starts (position 0 of a non-empty response included, no
-    start at or past L_i): the id of a valid token is the number of starts at or before it, minus 1."""
-    count = starts.cumsum(dim=-1, dtype=torch.int32)  # starts at or before t (a bool cumsum into int64 is slower)
-    num_segments = count[:, -1].long()
-    ids = count.mul_(mask).sub_(1)  # count - 1 on valid tokens, -1 elsewhere, in count's buffer
-    return Segmentation(segment_ids=ids, starts=starts, num_segments=num_segments)
+# --------------------------------------------------------------------------------------------------------------------
+# cut selection shared by the strategies
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def _starts_from_cuts(cuts: torch.Tensor, ok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, L) bool start map from (B, k) cut positions (each >= 1 and < L_i where ``ok``), plus position 0."""
     starts = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
     starts.scatter_(1, torch.where(ok, cuts, 0), ok)  # a missing cut writes False at 0, which is set below
-    starts[:, 0] = mask.amax(dim=-1)  # any valid token (a bool any(dim) is ~4x slower on CPU)
+    starts[:, 0] = mask.any(dim=-1)
     return starts
-
-
-_BLOCK = 64  # block width of ``_first_argmax``
-
-
-def _first_argmax(work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``work`` (B, n * _BLOCK): the position of the first maximum and the maximum, ``(B,)`` each.
-
-    Two-level: the maximum of each block of 64, then the first block holding the row maximum, then the first maximum
-    inside it -- the same answer as ``work.argmax(dim=-1)`` and ``work.amax(dim=-1)``; argmax over the last dim is not
-    vectorised on CPU (7 ms vs 0.9 ms at 1024 x 4096, five times per call).
-    """
-    B = work.shape[0]
-    blocks = work.view(B, -1, _BLOCK)
-    block_max = blocks.amax(dim=-1)  # (B, n)
-    value, block = block_max.max(dim=-1)  # max returns the first maximal block
-    rows = torch.arange(B, device=work.device)
-    inner = blocks[rows, block].argmax(dim=-1)  # (B, 64) -> first maximum in that block
-    return block * _BLOCK + inner, value
 
 
 def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
@@ -120,19 +92,14 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     Returns:
         cuts ``(B, k)`` long and ok ``(B, k)`` bool (False once a row ran out of eligible positions).
     """
-    B, L = priority.shape
-    pos = torch.arange(L, device=priority.device)
-    work = torch.where(mask & (pos >= m), priority, float("-inf"))  # -inf: not eligible
-    width = -(-L // _BLOCK) * _BLOCK
-    if width > L:  # pad to whole blocks with ineligible positions
-        work = torch.nn.functional.pad(work, (0, width - L), value=float("-inf"))
-    window = torch.arange(-(m - 1), m, device=priority.device)  # a pick at c makes (c - m, c + m) ineligible
+    pos = torch.arange(priority.shape[1], device=priority.device)
+    work = torch.where(mask & (pos >= m), priority.float(), float("-inf"))  # -inf: not eligible
     cuts, oks = [], []
     for _ in range(k):
-        c, value = _first_argmax(work)
+        value, c = work.max(dim=-1)  # torch.max returns the first maximal position
         cuts.append(c)
         oks.append(value > float("-inf"))
-        work.scatter_(1, (c[:, None] + window).clamp(0, width - 1), float("-inf"))
+        work = work.masked_fill((pos - c[:, None]).abs() < m, float("-inf"))
     return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
 
 
@@ -152,8 +119,7 @@ def _released_spikes(entropy: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     """
     B, L = entropy.shape
     kk = min(k, L)
-    pos = torch.arange(L, device=entropy.device)
-    lengths = (mask * (pos + 1)).amax(-1)
+    lengths = response_lengths(mask)
     # a stable descending sort puts the earlier of two equal entropies first
     order = torch.where(mask, entropy.float(), float("-inf")).sort(dim=-1, descending=True, stable=True)
     top_ok = order.values[:, :kk] > float("-inf")
@@ -179,6 +145,93 @@ def _released_spikes(entropy: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
 
 
+def _check_k_m(k: int, m: int) -> None:
+    if k < 1 or m < 1:
+        raise ValueError(f"segmentation needs k >= 1 and m >= 1, got k={k}, m={m}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the strategies: (B, L) bool mask in, (B, L) bool map of segment starts out
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def entropy_starts(mask: torch.Tensor, *, entropy: torch.Tensor | None, k: int, m: int, cut_rule: str = "greedy",
+                   **_) -> torch.Tensor:
+    """PRPO's entropy spikes (``cut_rule`` greedy or released); ``entropy`` (B, L), finite on valid positions."""
+    _check_k_m(k, m)
+    if entropy is None:
+        raise ValueError("entropy segmentation needs the rollout-policy `entropy` (B, L); the prpo_sync trainer mode "
+                         "(trainer.v1.trainer_mode=prpo_sync) fetches it")
+    if entropy.shape != mask.shape:
+        raise ValueError(f"entropy has shape {tuple(entropy.shape)}, response_mask {tuple(mask.shape)}")
+    check_finite("entropy", entropy, mask)
+    spikes = _released_spikes if cut_rule == "released" else _greedy_spikes
+    cuts, ok = spikes(entropy.detach().to(mask.device), mask, k, m)
+    return _starts_from_cuts(cuts, ok, mask)
+
+
+def random_starts(mask: torch.Tensor, *, k: int, m: int, seed: int, **_) -> torch.Tensor:
+    """The greedy spike rule on seeded uniform random priorities (the paper's random-segmentation ablation)."""
+    _check_k_m(k, m)
+    priority = torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed)).to(mask.device)
+    return _starts_from_cuts(*_greedy_spikes(priority, mask, k, m), mask)
+
+
+def uniform_starts(mask: torch.Tensor, *, k: int, **_) -> torch.Tensor:
+    """Cuts at floor(j * L_i / (k + 1)), j = 1..k, kept in [1, L_i)."""
+    if k < 1:
+        raise ValueError(f"uniform segmentation needs k >= 1, got k={k}")
+    lengths = response_lengths(mask)[:, None]
+    cuts = torch.arange(1, k + 1, device=mask.device) * lengths // (k + 1)
+    return _starts_from_cuts(cuts, (cuts >= 1) & (cuts < lengths), mask)
+
+
+def fixed_starts(mask: torch.Tensor, *, step_len: int, **_) -> torch.Tensor:
+    """A segment every ``step_len`` positions: starts at 0, step_len, 2 * step_len, ... < L_i."""
+    if step_len < 1:
+        raise ValueError(f"fixed segmentation needs step_len >= 1, got {step_len}")
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return (pos % step_len == 0) & (pos < response_lengths(mask)[:, None])
+
+
+def newline_starts(mask: torch.Tensor, *, newline_token_mask: torch.Tensor | None, responses: torch.Tensor | None,
+                   **_) -> torch.Tensor:
+    """A start after every valid token whose text contains a blank line; ``responses`` (B, L) token ids and
+    ``newline_token_mask`` (V,) bool (``build_newline_token_mask``)."""
+    if newline_token_mask is None or responses is None:
+        raise ValueError(
+            "newline segmentation needs `responses` (B, L) token ids and `newline_token_mask` (V,) "
+            "(build it with build_newline_token_mask(tokenizer))"
+        )
+    if responses.shape != mask.shape:
+        raise ValueError(f"responses has shape {tuple(responses.shape)}, response_mask {tuple(mask.shape)}")
+    table = newline_token_mask.to(device=mask.device, dtype=torch.bool).reshape(-1)
+    ids = responses.to(mask.device).long()
+    in_vocab = (ids >= 0) & (ids < table.numel())
+    is_nl = table[ids.clamp(0, max(table.numel() - 1, 0))] & in_vocab & mask if table.numel() else mask & False
+    lengths = response_lengths(mask)
+    starts = torch.zeros_like(mask)
+    starts[:, 1:] = is_nl[:, :-1]  # the token after a blank line starts the next step
+    starts[:, 0] = lengths > 0
+    return starts & (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])
+
+
+#: strategy name -> function returning the (B, L) bool map of segment starts (the config's choices)
+STRATEGIES: dict[str, Callable[..., torch.Tensor]] = {
+    "entropy": entropy_starts,
+    "uniform": uniform_starts,
+    "random": random_starts,
+    "newline": newline_starts,
+    "fixed": fixed_starts,
+}
+
+
+def _from_starts(starts: torch.Tensor, mask: torch.Tensor) -> Segmentation:
+    """Segment ids from the (B, L) start map: on a valid token, the number of starts at or before it, minus 1."""
+    count = starts.long().cumsum(dim=-1)
+    return Segmentation(segment_ids=torch.where(mask, count - 1, -1), starts=starts, num_segments=count[:, -1])
+
+
 def segment(
     strategy: str,
     response_mask: torch.Tensor,
@@ -192,7 +245,7 @@ def segment(
     newline_token_mask: torch.Tensor | None = None,
     responses: torch.Tensor | None = None,
 ) -> Segmentation:
-    """Segment every response of a batch.
+    """Segment every response of a batch with ``STRATEGIES[strategy]``.
 
     Args:
         strategy: ``entropy``, ``uniform``, ``random``, ``newline`` or ``fixed``.
@@ -216,102 +269,32 @@ def segment(
     if response_mask.dim() != 2:
         raise ValueError(f"response_mask must be (B, L), got shape {tuple(response_mask.shape)}")
     mask = valid_mask(response_mask)
-    B, L = mask.shape
-    device = mask.device
-    if L == 0:  # nothing to cut
-        return Segmentation(segment_ids=torch.empty(B, 0, dtype=torch.int32, device=device),
-                            starts=torch.empty(B, 0, dtype=torch.bool, device=device),
-                            num_segments=torch.zeros(B, dtype=torch.long, device=device))
-    if strategy in ("entropy", "random"):
-        if int(k) < 1 or int(m) < 1:
-            raise ValueError(f"segmentation needs k >= 1 and m >= 1, got k={k}, m={m}")
-        if strategy == "entropy":
-            if entropy is None:
-                raise ValueError(
-                    "entropy segmentation needs the rollout-policy `entropy` (B, L); the prpo_sync trainer mode "
-                    "(trainer.v1.trainer_mode=prpo_sync) fetches it"
-                )
-            if entropy.shape != mask.shape:
-                raise ValueError(f"entropy has shape {tuple(entropy.shape)}, response_mask {tuple(mask.shape)}")
-            check_finite("entropy", entropy, mask)
-            priority = entropy.detach().to(device=device, dtype=torch.float32)
-        else:
-            gen = torch.Generator(device="cpu").manual_seed(int(seed))
-            priority = torch.rand(B, L, generator=gen).to(device)
-        spikes = _released_spikes if cut_rule == "released" else _greedy_spikes
-        cuts, ok = spikes(priority, mask, int(k), int(m))
-        return _from_starts(_starts_from_cuts(cuts, ok, mask), mask)
-    lengths = response_lengths(mask)  # the other strategies cut relative to L_i
-    pos = torch.arange(L, device=device)
-    if strategy == "uniform":
-        if int(k) < 1:
-            raise ValueError(f"uniform segmentation needs k >= 1, got k={k}")
-        j = torch.arange(1, int(k) + 1, device=device)
-        cuts = j[None, :] * lengths[:, None] // (int(k) + 1)  # floor(j * L_i / (k + 1))
-        ok = (cuts >= 1) & (cuts < lengths[:, None])
-        return _from_starts(_starts_from_cuts(cuts, ok, mask), mask)
-    if strategy == "fixed":
-        s = int(step_len)
-        if s < 1:
-            raise ValueError(f"fixed segmentation needs step_len >= 1, got {step_len}")
-        starts = (pos % s == 0)[None, :] & (pos[None, :] < lengths[:, None])
-        seg = torch.where(mask, (pos // s).to(torch.int32), -1)  # the id of position t is t // step_len
-        return Segmentation(segment_ids=seg, starts=starts, num_segments=starts.sum(dim=-1))
-    # newline
-    if newline_token_mask is None or responses is None:
-        raise ValueError(
-            "newline segmentation needs `responses` (B, L) token ids and `newline_token_mask` (V,) "
-            "(build it with build_newline_token_mask(tokenizer))"
-        )
-    if responses.shape != mask.shape:
-        raise ValueError(f"responses has shape {tuple(responses.shape)}, response_mask {tuple(mask.shape)}")
-    table = newline_token_mask.to(device=device, dtype=torch.bool).reshape(-1)
-    ids = responses.to(device).long()
-    in_vocab = (ids >= 0) & (ids < table.numel())
-    is_nl = table[ids.clamp(0, max(table.numel() - 1, 0))] & in_vocab & mask if table.numel() else torch.zeros_like(mask)
-    starts = torch.zeros_like(mask)
-    starts[:, 1:] = is_nl[:, :-1]  # the token after a blank line starts the next step
-    starts[:, 0] = lengths > 0
-    return _from_starts(starts & (pos[None, :] < lengths[:, None]), mask)
+    if mask.shape[1] == 0:  # nothing to cut
+        return _from_starts(torch.zeros_like(mask), mask)
+    starts = STRATEGIES[strategy](mask, entropy=entropy, k=int(k), m=int(m), cut_rule=cut_rule,
+                                  step_len=int(step_len), seed=int(seed), newline_token_mask=newline_token_mask,
+                                  responses=responses)
+    return _from_starts(starts, mask)
 
 
 def segmentation_from_ids(segment_ids: torch.Tensor, response_mask: torch.Tensor) -> Segmentation:
     """Rebuild a ``Segmentation`` from externally given ``segment_ids`` (B, L) (-1 outside the mask).
 
-    A segment starts at the first valid position of each id; the ids must be >= 0 on valid positions. The ids are
-    returned as int32, like ``segment``'s.
+    A segment starts at the first valid position of each id; the ids must be >= 0 on valid positions.
     """
     mask = valid_mask(response_mask)
-    seg = segment_ids.to(device=mask.device, dtype=torch.int32)
+    seg = segment_ids.to(device=mask.device, dtype=torch.long)
     if seg.shape != mask.shape:
         raise ValueError(f"segment_ids has shape {tuple(seg.shape)}, response_mask {tuple(mask.shape)}")
     if bool((seg[mask] < 0).any()):
         raise ValueError("segment_ids must be >= 0 on every valid position (-1 only outside the response mask)")
-    seg = torch.where(mask, seg, torch.full_like(seg, -1))
-    prev = torch.cat([torch.full_like(seg[:, :1], -1), seg[:, :-1]], dim=-1)
-    # carry the last seen id across holes so a hole does not split a segment
-    starts = mask & (seg != _forward_fill(prev))
-    num = torch.where(mask.any(-1), seg.amax(-1) + 1, torch.zeros_like(seg[:, 0]))
+    seg = torch.where(mask, seg, -1)
+    previous = torch.cat([torch.full_like(seg[:, :1], -1), seg[:, :-1]], dim=-1)
+    # the last id seen before t (ids are non-decreasing, so a running max carries it across holes): a hole does not
+    # split a segment
+    starts = mask & (seg != previous.cummax(dim=-1).values)
+    num = torch.where(mask.any(-1), seg.amax(-1) + 1, 0) if seg.shape[1] else seg.new_zeros(seg.shape[0])
     return Segmentation(segment_ids=seg, starts=starts, num_segments=num)
-
-
-def _forward_fill(x: torch.Tensor) -> torch.Tensor:
-    """Replace each -1 by the last value >= 0 to its left (ids are non-decreasing, so a running max does it)."""
-    return x.cummax(dim=-1).values
-
-
-def segment_table_index(segment_ids: torch.Tensor, num_columns: int) -> torch.Tensor:
-    """Flat index of every token's entry in a row-major (B, num_columns) per-segment table whose column 0 stands for
-    id -1: ``flat_{i,t} = i * num_columns + segment_ids_{i,t} + 1``, ``(B, L)`` int32 (int64 past 2**31 entries).
-
-    ``table.view(-1).index_select(0, flat.view(-1))`` reads the table at every token, ``bincount(flat)`` counts the
-    tokens of each segment: with a flat int32 index both are several times cheaper on CPU than ``gather`` /
-    ``scatter_add`` along dim 1, which need a (B, L) int64 index (about 15 ms of page faults alone at 1024 x 4096).
-    """
-    B = segment_ids.shape[0]
-    index_dtype = torch.int32 if B * num_columns < 2**31 else torch.long
-    row_start = torch.arange(B, device=segment_ids.device, dtype=index_dtype)[:, None] * num_columns
-    return (segment_ids.to(index_dtype) + 1).add_(row_start)
 
 
 def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
@@ -329,15 +312,13 @@ def broadcast_segment_scores(scores: torch.Tensor, segment_ids: torch.Tensor) ->
             f"scores must be (B, S_max) and segment_ids (B, L) with the same B, got {tuple(scores.shape)} and "
             f"{tuple(segment_ids.shape)}"
         )
-    seg = segment_ids.to(scores.device)
-    B, S = scores.shape
-    if seg.numel():
-        lo, hi = (int(v) for v in torch.aminmax(seg))
-        if hi >= S or lo < -1:
-            raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got [{lo}, {hi}]")
-    padded = torch.cat([scores.new_zeros(B, 1), scores], dim=1)  # column 0: the 0 of id -1
-    flat = segment_table_index(seg, S + 1)
-    return padded.view(-1).index_select(0, flat.view(-1)).view(seg.shape)
+    seg = segment_ids.to(scores.device).long()
+    S = scores.shape[1]
+    if seg.numel() and (int(seg.max()) >= S or int(seg.min()) < -1):
+        raise ValueError(f"segment ids must lie in [-1, {S}) for {S} scores per response, got "
+                         f"[{int(seg.min())}, {int(seg.max())}]")
+    with_zero = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], dim=1)  # column 0: the 0 of id -1
+    return with_zero.gather(1, seg + 1)
 
 
 def build_newline_token_mask(tokenizer: Any, vocab_size: int | None = None) -> torch.Tensor:

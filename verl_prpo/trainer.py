@@ -1,17 +1,19 @@
 """The ``prpo_sync`` V1 trainer mode: verl's synchronous trainer with the inputs process rewards need.
 
 verl's stock ``_compute_advantage`` hands an estimator only the rewards, the mask and the uids. ``prpo_sync``
-overrides that one stage for this plugin's estimators:
+overrides that one stage for this plugin's estimators (the records of ``verl_prpo.estimators``, which say what each
+one needs):
 
 1. fetch from TransferQueue what they need: entropy (for PRPO's segmentation), old and reference log-probs (PRL,
    SPRO), response tokens and prompts (PRM scoring), and per-token PRM scores a caller may have put there;
 2. keep upstream's KL-in-reward and rollout-correction behaviour, in the same order;
-3. segment the responses and score the segments with the PRM worker group (``prpo``, ``prm_avg``);
+3. segment the responses (``needs_segments``) and score the segments with the PRM worker group (``needs_prm``);
 4. call the estimator with everything and log its metrics in verl's logger.
 
 Every other estimator (``grpo``, ``gae`` ...) goes through the stock code unchanged, so ``prpo_sync`` is also a
 drop-in replacement for ``sync``. At construction the trainer validates the plugin's configuration (before any
-rollout) and, for PRL and SPRO, makes sure the reference policy exists even when the KL loss coefficient is 0.
+rollout) and, for the estimators that read the reference policy (``needs_ref``: PRL, SPRO), makes sure it exists
+even when the KL loss coefficient is 0.
 """
 
 from __future__ import annotations
@@ -28,18 +30,14 @@ from omegaconf import DictConfig, open_dict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from verl_prpo.config import from_algorithm_config
+from verl_prpo.estimators import ESTIMATOR_NAMES, ESTIMATORS, EstimatorSpec
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TRAINER_MODE = "prpo_sync"
-#: estimators whose inputs only ``prpo_sync`` provides
-PROCESS_ESTIMATORS = ("prpo", "prl", "spro", "prm_avg", "pure")
-#: estimators that read PRM scores
-PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
-#: estimators that read the reference policy's log-probs
-REF_ESTIMATORS = ("prl", "spro")
+#: options of ``segmentation.segment`` that an estimator's config node may carry next to ``segmentation``
+SEGMENT_OPTIONS = ("k", "m", "step_len", "seed", "cut_rule")
 #: TransferQueue field under which a caller may supply per-token PRM scores (used when ``prm.enable`` is false)
 PRM_SCORES_KEY = "prm_scores"
 
@@ -50,23 +48,23 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
     Returns the typed configs (``{"estimator": ..., "prm": ...}``). Called at trainer start, before any rollout.
     """
     from verl_prpo.prm.config import PRMConfig
-    from verl_prpo.registration import check_registered
+    from verl_prpo.startup import check_registered
 
     check_registered()
     name = str(config.algorithm.adv_estimator)
-    typed: dict[str, Any] = {"estimator": None, "prm": PRMConfig.from_config(config.get("prm"))}
-    if name in ("prpo", "prm_avg"):
-        typed["estimator"] = from_algorithm_config(config.algorithm, "prpo")
-    elif name in ("prl", "spro", "pure"):
-        typed["estimator"] = from_algorithm_config(config.algorithm, name)
+    check_estimator_name(name)
+    spec = ESTIMATORS.get(name)
+    typed: dict[str, Any] = {"estimator": spec.config.from_algorithm(config.algorithm) if spec else None,
+                             "prm": PRMConfig.from_config(config.get("prm"))}
     rc_cfg = config.algorithm.get("rollout_correction", None)
-    if name in PRM_ESTIMATORS and typed["estimator"].segmentation == "entropy" and rc_cfg is not None \
+    if spec and spec.needs_segments and typed["estimator"].segmentation == "entropy" and rc_cfg is not None \
             and rc_cfg.get("bypass_mode", False):
         raise ValueError(
-            "algorithm.prpo.segmentation=entropy needs the rollout policy's entropy, which verl does not compute "
-            "with algorithm.rollout_correction.bypass_mode=true: turn bypass mode off or choose another "
-            "algorithm.prpo.segmentation.")
-    if name in PRM_ESTIMATORS and not typed["prm"].enable:
+            f"algorithm.{spec.config_node}.segmentation=entropy needs the rollout policy's entropy, which verl does "
+            "not compute with algorithm.rollout_correction.bypass_mode=true: turn bypass mode off or choose another "
+            f"algorithm.{spec.config_node}.segmentation.")
+    needs_prm = bool(spec and spec.needs_prm)
+    if needs_prm and not typed["prm"].enable:
         if not typed["prm"].scores_from_batch:
             raise ValueError(
                 f"algorithm.adv_estimator={name} needs PRM scores: set prm.enable=true and prm.model_path=<PRM> "
@@ -75,11 +73,22 @@ def validate_plugin_config(config: DictConfig) -> dict[str, Any]:
         logger.warning("algorithm.adv_estimator=%s reads PRM scores from the batch field '%s' (prm.scores_from_batch)",
                        name, PRM_SCORES_KEY)
     typed["poll_interval"] = replay_buffer_poll_interval(config)
-    if name in PRM_ESTIMATORS and typed["prm"].enable:
+    if needs_prm and typed["prm"].enable:
         warning = own_pool_capacity_warning(config, typed["prm"])
         if warning:
             logger.warning(warning)
     return typed
+
+
+def check_estimator_name(name: str) -> None:
+    """Refuse an ``algorithm.adv_estimator`` that neither this plugin nor verl registered (verl itself would only
+    fail in the first advantage stage, after a whole rollout)."""
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+    if name not in ADV_ESTIMATOR_REGISTRY:
+        verls = sorted(n for n in ADV_ESTIMATOR_REGISTRY if n not in ESTIMATORS)
+        raise ValueError(f"algorithm.adv_estimator={name!r} is not a registered advantage estimator; verl-prpo's: "
+                         f"{list(ESTIMATOR_NAMES)}, verl's: {verls}")
 
 
 #: responses per step from which one ``own_pool`` GPU scoring all of them is worth a start-up warning
@@ -259,7 +268,7 @@ def check_single_output_sessions(keys) -> None:
         raise ValueError(
             f"prpo_sync: {len(multi)} agent-loop session(s) returned several outputs (e.g. session {example[0]!r}: "
             f"{example[1]} outputs). Upstream GRPO uses only each session's last output; the process estimators "
-            f"(prpo, prl, spro, prm_avg) do not support multi-output sessions: use an agent loop that returns one "
+            f"({', '.join(ESTIMATOR_NAMES)}) do not support multi-output sessions: use an agent loop that returns one "
             f"output per session, or algorithm.adv_estimator=grpo.")
 
 
@@ -303,7 +312,7 @@ class PRPOTrainerSync(PPOTrainerSync):
     def __init__(self, config: DictConfig):
         self.plugin_config = validate_plugin_config(config)
         self.adv_name = str(config.algorithm.adv_estimator)
-        if self.adv_name in REF_ESTIMATORS:
+        if self.estimator is not None and self.estimator.needs_ref:
             ensure_reference_policy(config)
         validate_batch_divisibility(config)
         super().__init__(config)
@@ -311,10 +320,15 @@ class PRPOTrainerSync(PPOTrainerSync):
         self._prm_layout: dict[str, float] = {}
         self._newline_mask: torch.Tensor | None = None
 
+    @property
+    def estimator(self) -> EstimatorSpec | None:
+        """The record of ``algorithm.adv_estimator`` if it is one of this plugin's estimators, else None."""
+        return ESTIMATORS.get(self.adv_name)
+
     # ------------------------------------------------------------------ setup
     def _setup(self):
         super()._setup()
-        if self.adv_name in PRM_ESTIMATORS and self.plugin_config["prm"].enable:
+        if self._uses_prm():
             from verl_prpo.prm.trainer_glue import PRMScorer
 
             create = PRMScorer.create
@@ -339,7 +353,7 @@ class PRPOTrainerSync(PPOTrainerSync):
         return replay_buffer
 
     def _uses_prm(self) -> bool:
-        return self.adv_name in PRM_ESTIMATORS and self.plugin_config["prm"].enable
+        return self.estimator is not None and self.estimator.needs_prm and self.plugin_config["prm"].enable
 
     def _init_resource_pool_mgr(self):
         """verl's pools plus the PRM's own pool (``own_pool``), so that verl creates and checks it with the others;
@@ -361,7 +375,7 @@ class PRPOTrainerSync(PPOTrainerSync):
     # ------------------------------------------------------------------ advantage
     def _compute_advantage(self, batch, metrics: dict):
         metrics.update(self._grading_timeout_metrics(batch))
-        if self.adv_name not in PROCESS_ESTIMATORS:
+        if self.estimator is None:  # one of verl's estimators: the stock stage
             return super()._compute_advantage(batch, metrics)
 
         check_single_output_sessions(batch.keys)
@@ -459,18 +473,14 @@ class PRPOTrainerSync(PPOTrainerSync):
                 kwargs[key] = b[key]
         cfg = self.plugin_config["estimator"]
         mask = b["response_mask"] if segment_mask is None else segment_mask
-
-        if self.adv_name == "prl":
-            seg_ids = self._segment(b, mask, cfg.segmentation, step_len=cfg.step_len).segment_ids
-            kwargs["segment_ids"] = seg_ids.masked_fill(~b["response_mask"].bool(), -1)
-            return kwargs
-        if self.adv_name not in PRM_ESTIMATORS:
+        if not self.estimator.needs_segments:
             return kwargs
 
-        seg = self._segment(b, mask, cfg.segmentation, entropy=kwargs.get("entropy"), k=cfg.k, m=cfg.m,
-                            step_len=cfg.step_len, seed=cfg.seed + int(self.global_steps), cut_rule=cfg.cut_rule)
+        seg = self._segment(b, mask, cfg, entropy=kwargs.get("entropy"))
         # the estimator sees the corrected mask: tokens that rollout correction rejected get segment id -1 there
         kwargs["segment_ids"] = seg.segment_ids.masked_fill(~b["response_mask"].bool(), -1)
+        if not self.estimator.needs_prm:
+            return kwargs
         if self.prm_scorer is not None:
             t0 = time.perf_counter()
             # "correct" = positive outcome reward, for the PRM/outcome agreement metric: the reward manager's score
@@ -490,14 +500,21 @@ class PRPOTrainerSync(PPOTrainerSync):
                 f"or put per-token scores in the batch under '{PRM_SCORES_KEY}'.")
         return kwargs
 
-    def _segment(self, b, mask: torch.Tensor, strategy: str, **kwargs):
-        """``segmentation.segment`` of ``mask``; the newline strategy also gets the tokens and the tokenizer table."""
+    def _segment(self, b, mask: torch.Tensor, cfg, entropy: torch.Tensor | None = None):
+        """``segmentation.segment`` of ``mask`` with the estimator's ``segmentation`` and whichever of
+        ``SEGMENT_OPTIONS`` its config has (the random seed advances with the step); the newline strategy also gets
+        the tokens and the tokenizer table."""
         from verl_prpo.segmentation import segment
 
-        if strategy == "newline":
-            kwargs.update(newline_token_mask=self._newline_token_mask(),
-                          responses=b["responses"] if "responses" in b.keys() else None)
-        return segment(strategy, mask, **kwargs)
+        options = {key: getattr(cfg, key) for key in SEGMENT_OPTIONS if hasattr(cfg, key)}
+        if "seed" in options:
+            options["seed"] += int(self.global_steps)
+        if cfg.segmentation == "entropy":
+            options["entropy"] = entropy
+        if cfg.segmentation == "newline":
+            options.update(newline_token_mask=self._newline_token_mask(),
+                           responses=b["responses"] if "responses" in b.keys() else None)
+        return segment(cfg.segmentation, mask, **options)
 
     def _newline_token_mask(self) -> torch.Tensor:
         if self._newline_mask is None:
