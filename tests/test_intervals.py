@@ -66,3 +66,16 @@ def test_auc_on_constructed_examples():
     # grouped bootstrap: a perfect separator stays at 1
     r = iv.bootstrap_auc([0.1, 0.9, 0.2, 0.8], [0, 1, 0, 1], [0, 0, 1, 1], resamples=50)
     assert r["mean"] == 1.0 and r["lo"] == 1.0
+
+
+def test_paired_method_difference_and_verdicts():
+    a0 = np.array([1, 2, 3, 0] * 50)
+    runs_a = {0: (a0, a0 + 1), 1: (a0, a0 + 1), 2: (a0, a0)}  # gains 1/4, 1/4, 0 of the 4 samples
+    runs_b = {0: (a0, a0), 1: (a0, a0), 3: (a0, a0)}
+    r = iv.paired_method_difference(runs_a, runs_b, 4)
+    assert r["seeds"] == [0, 1] and r["per_seed"] == [0.25, 0.25]
+    assert r["pooled"]["mean"] == pytest.approx(0.25) and r["pooled"]["lo"] == pytest.approx(0.25)
+    assert iv.verdict(r["pooled"], +1) == "supported" and iv.verdict(r["pooled"], -1) == "contradicted"
+    assert iv.verdict({"lo": -0.1, "hi": 0.2}, +1) == "cannot decide"
+    assert iv.verdict(iv.t_interval([0.1]), +1) == "cannot decide"
+    assert iv.paired_method_difference(runs_a, {5: (a0, a0)}, 4) is None

@@ -125,3 +125,37 @@ def bootstrap_auc(scores: Sequence[float], labels: Sequence[int], groups: Sequen
     if not draws:
         return {"mean": point, "lo": None, "hi": None, "se": None}
     return _interval(point, np.asarray(draws))
+
+
+def paired_method_difference(runs_a: dict[int, tuple[Sequence[int], Sequence[int]]],
+                             runs_b: dict[int, tuple[Sequence[int], Sequence[int]]], k: int, *,
+                             resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict | None:
+    """Gain of method A minus gain of method B over the seeds both have, each seed's pair evaluated on the same
+    problems with the same sampling seed: ``{"seeds", "per_seed", "t": t_interval over seeds, "pooled": one problem
+    resample per replicate for every seed}``; None without a common seed. ``runs_*``: seed -> (step-0 counts, final
+    counts)."""
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not seeds:
+        return None
+    per_seed, diffs = [], []
+    for s in seeds:
+        (a0, a1), (b0, b1) = runs_a[s], runs_b[s]
+        d = (np.asarray(a1, float) - np.asarray(a0, float) - np.asarray(b1, float) + np.asarray(b0, float)) / k
+        diffs.append(d)
+        per_seed.append(float(d.mean()))
+    d = np.stack(diffs)
+    draws = d[:, _indices(d.shape[1], resamples, seed)].mean(axis=2).mean(axis=0)
+    return {"seeds": seeds, "per_seed": per_seed, "t": t_interval(per_seed), "pooled": _interval(d.mean(), draws)}
+
+
+def verdict(interval: dict, direction: int) -> str:
+    """``supported`` when the 95 % interval lies on the claimed side of 0 (``direction`` +1: A > B, -1: A < B),
+    ``contradicted`` when it lies on the other side, ``cannot decide`` when it contains 0 (or does not exist)."""
+    lo, hi = interval.get("lo"), interval.get("hi")
+    if lo is None or hi is None:
+        return "cannot decide"
+    if (lo > 0 and direction > 0) or (hi < 0 and direction < 0):
+        return "supported"
+    if (lo > 0 and direction < 0) or (hi < 0 and direction > 0):
+        return "contradicted"
+    return "cannot decide"
