@@ -29,7 +29,7 @@ setup(
         # The same stack without flash-attn (nothing to compile): verl's `fsdp` extra minus its flash-attn extra.
         # Train with actor_rollout_ref.model.use_remove_padding=false and
         # +actor_rollout_ref.model.override_config.attn_implementation=sdpa (the PRM uses SDPA anyway; vLLM brings
-        # its own attention kernels). tests/test_gpu_setups.py checks the list against verl's metadata.
+        # its own attention kernels). tests/trainer/test_gpu_setups.py checks the list against verl's metadata.
         "gpu-sdpa": ["verl[vllm,cupy-cu130]==0.9.1", "liger-kernel>=0.8.2", "trl==0.27.0",
                      "flash-linear-attention==0.5.2"],
         "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7"],

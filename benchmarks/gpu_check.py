@@ -4,7 +4,7 @@ Needs only ``torch`` and ``transformers`` (no verl, Ray or vLLM, no network): co
 ``verl_prpo/`` and this file) to a bare GPU machine and run
 
     python benchmarks/gpu_check.py                      # full check, < 8 minutes on one H100/H200
-    python benchmarks/gpu_check.py --tiny --responses 8  # seconds, also on CPU (tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --tiny --responses 8  # seconds, also on CPU (tests/benchmarks/test_gpu_check.py)
 
 What it prints:
 

@@ -212,7 +212,7 @@ def test_works_off_the_main_thread(tokenizer):
 
 class _SignalProofPool:
     """Factory of a grading pool whose workers never receive SIGALRM, so math-verify's own timeouts cannot end a
-    runaway there: only the pool's kill can (see tests/test_grading_timeouts.py)."""
+    runaway there: only the pool's kill can (see tests/test_math_grading_timeouts.py)."""
 
     @staticmethod
     def make(workers: int):

@@ -2,9 +2,9 @@
 
 Examples::
 
-    python -m verl_prpo.data.cli --dataset math500 --source ../shared/data/eval/math500.jsonl \\
+    python -m verl_prpo.data.cli --dataset math500 --source DATA/eval/math500.jsonl \\
         --template qwen_boxed --out data/math500.parquet
-    python -m verl_prpo.data.cli --dataset math --source ../shared/data/train/math4500.jsonl \\
+    python -m verl_prpo.data.cli --dataset math --source DATA/train/math4500.jsonl \\
         --split train --out data/math_train.parquet          # MATH500 removed (file found in ../eval/)
     python -m verl_prpo.data.cli --dataset numina_math_1_5 --out data/numina.parquet   # hub only (needs network)
     python -m verl_prpo.data.cli --list

@@ -1,4 +1,4 @@
-"""Evaluation metrics over n sampled answers per problem (definitions in ``shared/docs/ALGORITHMS.md``).
+"""Evaluation metrics over n sampled answers per problem (definitions in ``docs/ALGORITHMS.md``, "Evaluation metrics").
 
 * ``pass@k``: the unbiased estimator ``1 - C(n-c, k) / C(n, k)`` from ``n >= k`` samples of which ``c`` are
   correct (Chen et al., 2021), computed exactly with rationals in the product form

@@ -27,7 +27,7 @@ Where it runs (``VLLMPRMGroup``)
     fit a pooling model: after start-up it patches ``model.compute_logits`` (a sampling guard), which vLLM's
     ``Qwen2ForProcessRewardModel`` does not have; the replica classes of ``vllm_server.py`` name a worker extension
     (verl's hook for that) that skips the patch for such models. Checked in verl 0.9.1's source and run on CPU
-    (tests/test_prm_vllm_server.py).
+    (tests/prm/test_vllm_server.py).
 
     * ``prm.placement=colocate``: the replicas share the actor's pool (as verl's colocated reward model shares the
       global pool); on GPU the engine sleeps (level 1) between scoring calls and wakes for them; CPU has no sleep.

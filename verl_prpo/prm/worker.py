@@ -53,7 +53,7 @@ from verl_prpo.prm.config import PRMConfig
 logger = logging.getLogger(__name__)
 
 #: fault injection for the failure-path test: the PRM rank with this number raises in ``compute_prm_scores``, as a
-#: rank that rejects its rows does, while the others stay healthy (tests/test_multirank.py)
+#: rank that rejects its rows does, while the others stay healthy (tests/system/test_world_size_2.py)
 FAULT_ENV = "VERL_PRPO_PRM_FAIL_RANK"
 
 #: per-row counters returned next to ``prm_scores``

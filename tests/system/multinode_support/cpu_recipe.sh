@@ -8,8 +8,8 @@
 # With RAY_ACTORS_OUT set, the cluster's nodes and actors (where each worker ran) are written there after the run.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../../recipes/common.sh
-source "$HERE/../../recipes/common.sh"
+# shellcheck source=../../../recipes/common.sh
+source "$HERE/../../../recipes/common.sh"
 export VERL_PLATFORM=cpu
 CONF_DIR="$("${PYTHON:-python}" -c 'from verl_prpo.conf import CONFIG_DIR; print(CONFIG_DIR)')" || exit 2
 

@@ -5,8 +5,8 @@ device slot), as two hosts would. A CPU-mode PRPO run then joins that cluster wi
 ``own_pool`` PRM (one rank): with one GPU per node the two pools cannot share a node, and the test reads Ray's own
 actor table to check that the trainer's worker and the PRM's worker really ran on different nodes. Then
 ``scripts/slurm/ray_on_slurm.sbatch`` runs end to end with stand-ins for ``scontrol`` and ``srun``
-(``tests/multinode_support/bin``) that start its head and worker on this machine as SLURM would on two hosts, and
-a CPU-mode test recipe (``tests/multinode_support/cpu_recipe.sh``); and the script's wait for its nodes is checked to
+(``tests/system/multinode_support/bin``) that start its head and worker on this machine as SLURM would on two hosts, and
+a CPU-mode test recipe (``tests/system/multinode_support/cpu_recipe.sh``); and the script's wait for its nodes is checked to
 end on time when a node never comes up.
 
 The clusters here are private: own temporary folder, own ports, own worker-port range, and they are stopped by
@@ -31,7 +31,7 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUPPORT = Path(__file__).resolve().parent / "multinode_support"
 SBATCH = REPO / "scripts" / "slurm" / "ray_on_slurm.sbatch"
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -437,7 +437,7 @@ def _run_sbatch(assets, work: Path) -> dict:
     t0 = time.monotonic()
     try:
         with open(log, "w") as fh:
-            proc = subprocess.Popen(["bash", str(SBATCH), "tests/multinode_support/cpu_recipe.sh", *overrides],
+            proc = subprocess.Popen(["bash", str(SBATCH), "tests/system/multinode_support/cpu_recipe.sh", *overrides],
                                     env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
             try:
                 rc = proc.wait(timeout=RUN_TIMEOUT_S + CLUSTER_START_TIMEOUT_S)
@@ -507,7 +507,7 @@ def test_sbatch_wait_for_nodes_is_bounded(tmp_path, case):
            "RAY_CHECK_TIMEOUT_S": "2", "SRUN_STUB_PIDS": str(tmp_path / "srun.pids")}
     t0 = time.monotonic()
     try:
-        r = subprocess.run(["bash", str(SBATCH), "tests/multinode_support/cpu_recipe.sh"], env=env, cwd=tmp_path,
+        r = subprocess.run(["bash", str(SBATCH), "tests/system/multinode_support/cpu_recipe.sh"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=60, start_new_session=True)
     finally:
         _stop_recorded(tmp_path / "srun.pids", wait_s=5)

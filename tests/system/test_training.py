@@ -104,7 +104,7 @@ def test_training_steps_complete_and_log_finite_metrics(runs, estimator):
             assert math.isfinite(float(data[key])), f"{estimator}: {key} = {data[key]}"
         assert data["training/global_step"] == r["step"]
         # the vLLM engine generates from the actor's weights (it starts on dummy weights: unsynced, the correlation
-        # of its token probabilities with the actor's is about 0; tests/test_multirank.py checks after updates)
+        # of its token probabilities with the actor's is about 0; tests/system/test_world_size_2.py checks after updates)
         assert data["training/rollout_actor_probs_pearson_corr"] > 0.99
 
 

@@ -1,6 +1,6 @@
 """Print a Ray cluster's nodes and every actor it has run (dead ones included) as one JSON line (tests only).
 
-    python tests/multinode_support/ray_actors.py ADDRESS [OUT.json]
+    python tests/system/multinode_support/ray_actors.py ADDRESS [OUT.json]
 
 Reads the GCS's own tables (``ray.nodes()`` and the actor table), so it works without the dashboard and after the
 job that owned the actors has ended: where each actor ran is Ray's record, not the test's assumption.

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 CONFIG_DIR = RECIPES / "config"
 SINGLE_NODE = REPO / "scripts" / "run_single_node.sh"

@@ -12,7 +12,7 @@ from verl_prpo.evaluation.cli import main as cli_main
 from verl_prpo.evaluation.evaluate import EvalSettings, load_problems, run_evaluation
 from verl_prpo.evaluation.generate import Generation, SamplingSettings
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _tiny_tokenizer(path: Path):

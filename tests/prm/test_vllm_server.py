@@ -1,6 +1,6 @@
 """The trainer's vLLM PRM path on verl's reward-model server replicas, in CPU mode (a local Ray cluster).
 
-One scenario in a subprocess (``python tests/test_prm_vllm_server.py OUT.json``; VERL_PLATFORM=cpu there only):
+One scenario in a subprocess (``python tests/prm/test_vllm_server.py OUT.json``; VERL_PLATFORM=cpu there only):
 the PRM of the Qwen2.5-Math-PRM layout served by ``VLLMPRMGroup`` (verl's ``init_colocated`` on a logical-GPU pool,
 ``POST /pooling``) scores a batch of policy tokens through ``compute_prm_scores_with_group`` exactly as the trainer's
 ``PRMScorer`` does; then the replica's engine core is killed, then its server actor: each failure must end the
@@ -109,6 +109,8 @@ def scenario(out_path: str) -> None:
 def outcome(tmp_path_factory):
     out = tmp_path_factory.mktemp("prm_vllm_server") / "result.json"
     env = dict(os.environ, VERL_PLATFORM="cpu", VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+    # the scenario builds its checkpoint with the lab's tiny_checkpoints (examples/, not installed)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
     log = out.parent / "log.txt"
     with open(log, "w") as fh:
         proc = subprocess.run([sys.executable, __file__, str(out)], env=env, stdout=fh, stderr=subprocess.STDOUT,

@@ -211,7 +211,8 @@ def test_several_golds_share_one_timeout(signal_proof_pool):
     t0 = time.monotonic()
     res = grade("\\boxed{9^{9^{9^{9}}}}", ["1", "2", "3", "4"], timeout=timeout)
     assert res.timed_out and not res.correct
-    assert time.monotonic() - t0 < timeout + 1.0
+    # one timeout for all four golds: well under 4 x 1.5 s, with slack for a loaded 2-core machine
+    assert time.monotonic() - t0 < timeout + 2.5
 
 
 def test_a_worker_dead_while_idle_is_replaced_not_used():

@@ -15,7 +15,7 @@ from verl_prpo.data import DATASETS, DataPrepError, build_prompt, clean_ground_t
 from verl_prpo.data.cli import main as cli_main
 from verl_prpo.math_grading import grade
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 LOCAL = {  # dataset -> (file, split, rows)
     "math": ("train/math4500.jsonl", "train", 4500),
@@ -293,7 +293,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_prepare_data_script(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.sh"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "prepare_data.sh"
     res = subprocess.run(
         ["bash", str(script), str(DATA), str(tmp_path / "out")],
         env={"PATH": "/usr/bin:/bin", "LIMIT": "3", "PYTHON": sys.executable},

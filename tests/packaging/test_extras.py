@@ -12,7 +12,7 @@ import re
 from importlib.metadata import requires
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _extras() -> dict:
