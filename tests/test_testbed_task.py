@@ -130,3 +130,29 @@ def test_cpu_mode_env_caps_transfer_queue_threads(monkeypatch):
     assert int(env["TQ_NUM_THREADS"]) == min(8, physical_cores()) >= 1
     monkeypatch.setenv("TQ_NUM_THREADS", "3")  # the user's value wins
     assert cpu_mode_env([], None)["TQ_NUM_THREADS"] == "3"
+
+
+def test_evaluate_does_not_import_build():
+    # the import cycle build <-> evaluate is gone: evaluate (and task) stand without build
+    import ast
+    from pathlib import Path
+
+    import examples.credit_assignment.evaluate as ev
+
+    tree = ast.parse(Path(ev.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "examples.credit_assignment.build" not in imported
+
+
+def test_build_progress_reports_elapsed_and_remaining(capsys, monkeypatch):
+    import logging
+
+    import torch
+
+    from examples.credit_assignment import build
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    model = torch.nn.Linear(2, 1)
+    build._fit(model, lambda: model(torch.ones(1, 2)).sum() ** 2, steps=4, lr=0.1, name="unit", log_every=2)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("unit: step 2/4") and "min elapsed" in err[0] and "min left" in err[0]

@@ -32,6 +32,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,10 +159,19 @@ def _lr_at(step: int, total: int, lr: float) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+def progress(message: str) -> None:
+    """A build progress line: logged, and printed to stderr when the caller configured no logging (the quickstart's
+    first use would otherwise train for many minutes in silence)."""
+    logger.info(message)
+    if not logging.getLogger().handlers and not logger.handlers:
+        print(message, file=sys.stderr, flush=True)
+
+
 def _fit(model, next_loss, *, steps: int, lr: float, name: str, log_every: int) -> None:
     """The training loop of the SFT policy and of the PRM: AdamW (weight decay 0.01, betas 0.9/0.98), linear
     warm-up then cosine decay (``_lr_at``), gradient norm clipped at 1. ``next_loss()`` builds a fresh batch and
-    returns its loss."""
+    returns its loss. Reports progress (step, loss, elapsed and estimated remaining time) every ``log_every`` steps
+    (``progress``)."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -175,8 +185,11 @@ def _fit(model, next_loss, *, steps: int, lr: float, name: str, log_every: int) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % log_every == 0 or step == steps - 1:
-            logger.info("%s step %d/%d loss %.4f (%.0f s)", name, step + 1, steps, loss.item(), time.time() - t0)
+        if (step + 1) % log_every == 0 or step == steps - 1:
+            elapsed = time.time() - t0
+            left = elapsed / (step + 1) * (steps - step - 1)
+            progress(f"{name}: step {step + 1}/{steps}, loss {loss.item():.4f}, {elapsed / 60:.1f} min elapsed, "
+                     f"about {left / 60:.1f} min left")
     model.eval()
 
 
@@ -185,12 +198,10 @@ def _params(model) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- policy
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
+prompt_ids = task.prompt_ids  # the prompt is the task's (kept here for older imports)
 
 
-def train_policy(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], log_every: int = 50):
+def train_policy(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], log_every: int = 160):
     """SFT from scratch on noisy-solver solutions (loss on response tokens; fresh problems every batch)."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -290,7 +301,7 @@ def _auc(scores: list[float], labels: list[int]) -> float:
 
 
 def train_prm(out_dir: Path, tokenizer, s: TestbedSettings, exclude: set[str], eval_problems, policy_dir: Path,
-              log_every: int = 50):
+              log_every: int = 160):
     """Train the PRM on step labels (body initialised from the policy at ``policy_dir``); held-out step accuracy
     and AUC on solutions of the eval problems."""
     import torch
@@ -586,10 +597,11 @@ def _build_from_scratch(tb: Testbed, *, rebuild: bool) -> Testbed:
         policy = Qwen2ForCausalLM.from_pretrained(tb.policy_dir)
         sft_s = json.loads(stage.read_text())["sft_s"]
     else:
-        logger.info("testbed: training the policy (%d SFT steps) ...", s.sft_steps)
+        progress(f"testbed build, stage 1/2: the policy ({s.sft_steps} SFT steps; the whole build takes about 50 "
+                 "min on one core) ...")
         policy, sft_s = train_policy(tb.policy_dir, tokenizer, s, exclude)
         stage.write_text(json.dumps({"settings": _policy_settings(s), "sft_s": sft_s}))
-    logger.info("testbed: training the PRM (%d steps) ...", s.prm_steps)
+    progress(f"testbed build, stage 2/2: the PRM ({s.prm_steps} steps) ...")
     prm, prm_stats = train_prm(tb.prm_dir, tokenizer, s, exclude, eval_set, tb.policy_dir)
     from examples.credit_assignment.evaluate import evaluate_policy
 
@@ -607,7 +619,7 @@ def _build_from_scratch(tb: Testbed, *, rebuild: bool) -> Testbed:
         "build": build_info,
     }
     marker.write_text(json.dumps(tb.manifest, indent=1))
-    logger.info("testbed built in %.0f s: %s", time.time() - t0, json.dumps(tb.manifest["policy"]))
+    progress(f"testbed built in {(time.time() - t0) / 60:.0f} min: {json.dumps(tb.manifest['policy'])}")
     return tb
 
 

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/eval_agreement")
     args = p.parse_args(argv)
     from examples.credit_assignment import intervals as iv
-    from examples.credit_assignment.build import DEFAULT_DIR, build_testbed, prompt_ids
+    from examples.credit_assignment.build import DEFAULT_DIR, build_testbed
+    from examples.credit_assignment.task import prompt_ids
     from verl_prpo.cpu.launch import read_metrics
 
     tb = build_testbed(args.testbed or DEFAULT_DIR)

@@ -39,9 +39,7 @@ def response_valid_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def _prompts(tokenizer, problems, device):
-    from examples.credit_assignment.build import prompt_ids
-
-    ids, att = left_pad([prompt_ids(tokenizer, p.question) for p in problems], tokenizer.pad_token_id)
+    ids, att = left_pad([task.prompt_ids(tokenizer, p.question) for p in problems], tokenizer.pad_token_id)
     return ids.to(device), att.to(device)
 
 
@@ -128,15 +126,13 @@ def load_policy(policy_dir: Path | str, actor_checkpoint: Path | str | None = No
 def correct_solution_logprob(model, tokenizer, problems: list[task.Problem], batch_size: int = 200) -> float:
     """Mean over problems of log pi(correct solution + EOS | prompt), teacher-forced: a low-variance measure of
     whether training moved the policy towards right steps (it rises as RL sharpens the step distributions)."""
-    from examples.credit_assignment.build import prompt_ids
-
     total, model_device = 0.0, model.device
     model.eval()
     for b in range(0, len(problems), batch_size):
         chunk = problems[b: b + batch_size]
         rows = []
         for p in chunk:
-            q = prompt_ids(tokenizer, p.question)
+            q = task.prompt_ids(tokenizer, p.question)
             a = tokenizer(task.format_solution(p), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             rows.append((q, a))
         L = max(len(q) + len(a) for q, a in rows)

@@ -159,7 +159,7 @@ def heldout_stats(adapter, tokenizer, eval_problems, s: PrefixPRMSettings) -> di
     return out
 
 
-def train_prefix_prm(tb: Testbed, s: PrefixPRMSettings, out_dir: Path, log_every: int = 50) -> dict:
+def train_prefix_prm(tb: Testbed, s: PrefixPRMSettings, out_dir: Path, log_every: int = 160) -> dict:
     """Train the prefix PRM (body from the testbed's SFT policy) and save it in ``out_dir``; returns its stats."""
     import torch
     from transformers import AutoTokenizer, Qwen2ForTokenClassification

@@ -53,7 +53,7 @@ def sample_rollouts(model, tokenizer, problems: list[task.Problem], samples: int
                     max_new_tokens: int = 64, batch_size: int = 256):
     """Responses (B, T) ids padded with pad, mask (B, T) up to and including the first EOS, entropy (B, T) of the
     fp32 policy at each response token, and the problem of each row."""
-    from examples.credit_assignment.build import prompt_ids
+    from examples.credit_assignment.task import prompt_ids
     from examples.credit_assignment.evaluate import left_pad, response_valid_mask
 
     rows = [p for p in problems for _ in range(samples)]

@@ -187,6 +187,13 @@ def first_wrong_step(problem: Problem, solution: str) -> tuple[int, int] | None:
     return next(((a, b) for (a, b), ok in zip(spans, labels) if not ok), None)
 
 
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """The policy's prompt for ``question``: one user message in the tokenizer's chat template with the generation
+    prompt (what verl's dataset builds from the parquet's ``prompt`` column)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+
 def boxed_answer(solution: str) -> str | None:
     """The content of the last ``\\boxed{...}`` (no nesting in this task)."""
     found = re.findall(r"\\boxed\{([^{}]*)\}", solution)
