@@ -24,8 +24,10 @@ from pathlib import Path
 
 from verl_prpo.cpu.launch import (cpu_mode_env, cpu_rollout_overrides, main_ppo_command, merge_overrides,
                                    override_value, read_metrics, world_size_overrides)
+from verl_prpo.estimators import estimator_names, get_estimator
 
-ESTIMATORS = ("prpo", "grpo", "prl", "spro", "prm_avg", "pure")
+#: verl's GRPO and every estimator of the plugin's registry
+ESTIMATORS = ("grpo", *estimator_names())
 VAL_SAMPLES = 2  # held-out samples per problem in verl's validation
 
 
@@ -92,7 +94,7 @@ def tiny_command(estimator: str, *, assets_dir: Path | str, steps: int = 2, out_
         f"reward.custom_reward_function.path={toy_reward.__file__}",
         "reward.custom_reward_function.name=compute_score",
     ]
-    if estimator in ("prpo", "prm_avg", "pure"):
+    if estimator != "grpo" and get_estimator(estimator).needs_prm:
         overrides += ["prm.enable=true", f"prm.model_path={a.prm_dir}", "prm.adapter=token_classification"]
     env = cpu_mode_env(overrides, metrics_file)
     if estimator == "prl":
