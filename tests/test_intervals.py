@@ -79,3 +79,16 @@ def test_paired_method_difference_and_verdicts():
     assert iv.verdict({"lo": -0.1, "hi": 0.2}, +1) == "cannot decide"
     assert iv.verdict(iv.t_interval([0.1]), +1) == "cannot decide"
     assert iv.paired_method_difference(runs_a, {5: (a0, a0)}, 4) is None
+
+
+def test_eval_precision_study_splits_within_and_between_problem_variance():
+    from examples.credit_assignment.eval_precision import study
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.1, 0.9, 300)  # the same policy twice: the true per-problem gain is 0 (no between variance)
+    before = (rng.random((300, 32)) < p[:, None]).astype(int).tolist()
+    after = (rng.random((300, 32)) < p[:, None]).astype(int).tolist()
+    rows = {r["k"]: r for r in study(before, after, [4, 32])}
+    assert rows[32]["gain_half_width"] < rows[4]["gain_half_width"] / 2  # about 1/sqrt(8) as wide
+    for r in rows.values():
+        assert r["var_between"] < 0.25 * r["var_within"]

@@ -69,14 +69,16 @@ def _generate(model, tokenizer, problems, *, do_sample: bool, temperature: float
 
 
 def evaluate_policy(model, tokenizer, problems: list[task.Problem], *, k: int = 4, temperature: float = 1.0,
-                    max_new_tokens: int = 64, seed: int = 0, per_problem: bool = False) -> dict:
+                    max_new_tokens: int = 64, seed: int = 0, per_problem: bool = False,
+                    per_sample: bool = False) -> dict:
     """Greedy and sampled held-out metrics of ``model`` (see the module docstring).
 
     The samples come from ``torch.manual_seed(seed)`` in a fixed order (problem-major, ``k`` per problem, batches of
     256): two policies evaluated with the same seed use the same random numbers for the same sample (common random
     numbers), so a paired difference between them has less noise than two independent evaluations. With
     ``per_problem`` the result also holds ``correct_counts`` (per problem: correct samples out of ``k``) and
-    ``greedy_correct`` (per problem: 0/1), which the grid's confidence intervals resample.
+    ``greedy_correct`` (per problem: 0/1), which the grid's confidence intervals resample; with ``per_sample`` also
+    ``sample_correct`` (per problem, the k samples' 0/1 in sampling order).
     """
     model.eval()
     greedy, _, _ = _generate(model, tokenizer, problems, do_sample=False, temperature=1.0,
@@ -97,6 +99,8 @@ def evaluate_policy(model, tokenizer, problems: list[task.Problem], *, k: int = 
     }
     if per_problem:
         out.update(k=k, sampling_seed=seed, correct_counts=counts, greedy_correct=greedy_ok)
+    if per_sample:
+        out["sample_correct"] = [[int(c) for c in correct[i * k: (i + 1) * k]] for i in range(len(problems))]
     return out
 
 
