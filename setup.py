@@ -32,7 +32,7 @@ setup(
         # its own attention kernels). tests/trainer/test_gpu_setups.py checks the list against verl's metadata.
         "gpu-sdpa": ["verl[vllm,cupy-cu130]==0.9.1", "liger-kernel>=0.8.2", "trl==0.27.0",
                      "flash-linear-attention==0.5.2"],
-        "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "matplotlib>=3.7"],
         "plots": ["matplotlib>=3.7"],
     },
     entry_points={
