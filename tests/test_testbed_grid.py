@@ -59,11 +59,19 @@ def fake_eval(monkeypatch):
     records (checkpoint, seed) of every call."""
     calls = []
 
+    class FakeModel:
+        def __init__(self, checkpoint):
+            self.checkpoint, self.dtype = checkpoint, None
+
+        def to(self, dtype):
+            self.dtype = dtype
+            return self
+
     def load_policy(policy_dir, checkpoint=None):
-        return checkpoint, None
+        return FakeModel(checkpoint), None
 
     def evaluate_policy(model, tokenizer, problems, *, k, seed, max_new_tokens, per_problem):
-        step = 0 if model is None else int(Path(model).name.split("_")[-1])
+        step = 0 if model.checkpoint is None else int(Path(model.checkpoint).name.split("_")[-1])
         calls.append((step, seed))
         c = min(K, 1 + step // 10)
         return {"greedy_accuracy": 0.9, "sampled_accuracy": c / K, "pass_at_k": 1.0, "response_length": 30.0,
@@ -89,7 +97,9 @@ def test_eval_phase_reads_the_launcher_layout_shares_step0_and_one_sampling_seed
     assert [c[0] for c in fake_eval] == [0, 10, 20, 10, 20]
     assert {c[1] for c in fake_eval} == {grid.eval_seed(1)} and grid.eval_seed(1) != grid.eval_seed(0)
     assert [e["step"] for e in r["eval"]] == [0, 10, 20]
-    assert r["budget"] == {"steps": 20, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2, "k": K}
+    assert r["budget"] == {"steps": 20, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2, "k": K,
+                           "eval_dtype": "float32"}
+    assert {e["dtype"] for e in r["eval"]} == {"float32"}
     assert r["commit"] == "e29e333" and r["testbed_version"] == 3
     assert r["train"][0]["prpo/z/mean"] == 0.5 and "other" not in r["train"][0]
     # every problem gains 2 of 4 samples: the paired interval has no width

@@ -70,7 +70,7 @@ PRM_ESTIMATORS = ("prpo", "prm_avg", "pure")
 
 #: the budget every method gets (sized so that GRPO learns; see the README)
 DEFAULTS = {"steps": 20, "eval_every": 10, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2,
-            "k": 16}
+            "k": 32, "eval_dtype": "float32"}
 #: the training budget (recorded in train_done.json)
 TRAIN_KEYS = ("steps", "prompts_per_step", "n", "lr", "updates_per_step")
 #: the settings that make two runs comparable (recorded in every run file; aggregate refuses to mix them)
@@ -153,24 +153,35 @@ def eval_seed(seed: int) -> int:
     return 10_000 * (seed + 1)
 
 
-def evaluate_checkpoint(tb, checkpoint: Path | None, *, k: int, seed: int, step: int) -> dict:
+EVAL_DTYPES = ("float32", "bfloat16")
+
+
+def evaluate_checkpoint(tb, checkpoint: Path | None, *, k: int, seed: int, step: int,
+                        dtype: str = "float32") -> dict:
+    """Held-out metrics of the policy at ``checkpoint`` (None: the SFT policy), generated in ``dtype``."""
+    import torch
+
     from examples.credit_assignment.evaluate import evaluate_policy, load_policy
 
+    if dtype not in EVAL_DTYPES:
+        raise ValueError(f"evaluation dtype must be one of {EVAL_DTYPES}, got {dtype!r}")
     model, tokenizer = load_policy(tb.policy_dir, checkpoint)
-    # the same sampling seed for every method at a given (seed, step): common random numbers
+    model = model.to(getattr(torch, dtype))
+    # the same sampling seed for every method and step of a training seed: common random numbers
     out = evaluate_policy(model, tokenizer, tb.eval_problems(), k=k, seed=eval_seed(seed),
                           max_new_tokens=tb.settings.max_response_length, per_problem=True)
-    return {"step": step, **out}
+    return {"step": step, "dtype": dtype, **out}
 
 
-def step0_eval(tb, out_root: Path, seed: int, k: int) -> dict:
-    """The SFT policy's evaluation, shared by every method of a seed (cached)."""
+def step0_eval(tb, out_root: Path, seed: int, k: int, dtype: str = "float32") -> dict:
+    """The SFT policy's evaluation, shared by every method of a seed (cached; recomputed for other settings)."""
     path = out_root / "step0" / f"s{seed}.json"
     if path.exists():
         cached = json.loads(path.read_text())
-        if cached.get("k") == k and cached.get("sampling_seed") == eval_seed(seed) and "correct_counts" in cached:
+        if (cached.get("k"), cached.get("sampling_seed"), cached.get("dtype")) == (k, eval_seed(seed), dtype) \
+                and "correct_counts" in cached:
             return cached
-    ev = evaluate_checkpoint(tb, None, k=k, seed=seed, step=0)
+    ev = evaluate_checkpoint(tb, None, k=k, seed=seed, step=0, dtype=dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(ev))
     return ev
@@ -243,7 +254,7 @@ TRAIN_METRICS = ("critic/score/mean", "response_length/mean", "actor/entropy", "
 
 
 def evaluate_cell(tb, method: str, seed: int, out_root: Path, work_root: Path, *, k: int, steps: int,
-                  eval_every: int, keep_checkpoints: bool = True, log=print) -> dict:
+                  eval_every: int, keep_checkpoints: bool = True, dtype: str = "float32", log=print) -> dict:
     """Evaluate a trained cell (``train_done.json`` present) and write ``<out_root>/runs/<method>_s<seed>.json``."""
     out_root = Path(out_root)
     result_path = out_root / "runs" / f"{method}_s{seed}.json"
@@ -254,12 +265,12 @@ def evaluate_cell(tb, method: str, seed: int, out_root: Path, work_root: Path, *
     if not done.exists():
         raise FileNotFoundError(f"{work} is not a finished cell (no train_done.json)")
     trained = json.loads(done.read_text())
-    budget = {**{key: trained["budget"][key] for key in TRAIN_KEYS}, "k": k}
+    budget = {**{key: trained["budget"][key] for key in TRAIN_KEYS}, "k": k, "eval_dtype": dtype}
     t1 = time.time()
-    evals = [step0_eval(tb, out_root, seed, k)]
+    evals = [step0_eval(tb, out_root, seed, k, dtype)]
     for step in _checkpoint_steps(work, trained["budget"]["steps"], eval_every):
         evals.append(evaluate_checkpoint(tb, work / "checkpoints" / f"global_step_{step}", k=k, seed=seed,
-                                         step=step))
+                                         step=step, dtype=dtype))
     train = [{"step": r["step"], **{key: r["data"].get(key) for key in TRAIN_METRICS if key in r["data"]}}
              for r in read_metrics(work / "metrics.jsonl")]
     result = {"method": method, "seed": seed, "steps": trained["budget"]["steps"], "wall_s": trained["wall_s"],
@@ -281,7 +292,8 @@ def evaluate_cell(tb, method: str, seed: int, out_root: Path, work_root: Path, *
 
 def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_every: int, k: int,
              prompts_per_step: int, n: int, lr: float, updates_per_step: int = DEFAULTS["updates_per_step"],
-             keep_checkpoints: bool = False, extra=None, work_root: Path | None = None, log=print) -> dict:
+             keep_checkpoints: bool = False, extra=None, work_root: Path | None = None, dtype: str = "float32",
+             log=print) -> dict:
     """Train one method with one seed (unless done), evaluate its checkpoints, write ``runs/<method>_s<seed>.json``."""
     out_root = Path(out_root)
     if (out_root / "runs" / f"{method}_s{seed}.json").exists():
@@ -290,7 +302,7 @@ def run_cell(tb, method: str, seed: int, out_root: Path, *, steps: int, eval_eve
     train_cell(tb, method, seed, work_root, steps=steps, eval_every=eval_every, prompts_per_step=prompts_per_step,
                n=n, lr=lr, updates_per_step=updates_per_step, extra=extra, log=log)
     return evaluate_cell(tb, method, seed, out_root, work_root, k=k, steps=steps, eval_every=eval_every,
-                         keep_checkpoints=keep_checkpoints, log=log)
+                         keep_checkpoints=keep_checkpoints, dtype=dtype, log=log)
 
 
 def run_intervals(run: dict) -> dict:
@@ -454,7 +466,8 @@ def aggregate(out_root: Path, tb, k: int, expected: list[tuple[str, int]] | None
         "policy": {"params": m["policy"]["params"], "sft_accuracy": m["policy"]["sft_accuracy"],
                    "sft_greedy_accuracy": m["policy"]["sft_greedy_accuracy"]},
         "prm": {key: m["prm"][key] for key in ("params", "step_accuracy", "step_auc", "eval_steps")},
-        "evaluation": {"k": k, "problems": m.get("task", {}).get("eval_problems"), "temperature": 1.0,
+        "evaluation": {"k": k, "dtype": (runs[0].get("budget") or {}).get("eval_dtype") if runs else None,
+                       "problems": m.get("task", {}).get("eval_problems"), "temperature": 1.0,
                        "sampling_seed": "10000 * (seed + 1), shared by every step and method of a seed",
                        "intervals": "95 %: problem bootstrap (4000 resamples, paired for gains); t over seeds"},
         "runs": [{key: r.get(key) for key in ("method", "seed", "steps", "wall_s", "testbed_version", "ci", "eval")}
@@ -511,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--updates-per-step", type=int, default=DEFAULTS["updates_per_step"],
                    help="actor updates per training step (mini-batches of the step's prompts)")
     p.add_argument("--k", type=int, default=DEFAULTS["k"], help="samples per held-out problem")
+    p.add_argument("--eval-dtype", default=DEFAULTS["eval_dtype"], choices=EVAL_DTYPES,
+                   help="dtype the evaluation generates in (docs/RESULTS.md: why)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results prefix: <out>.json/.md/.png and <out>/runs")
     p.add_argument("--testbed", default=None, help="testbed folder (default: the cache)")
     p.add_argument("--work", default=None,
@@ -540,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             for method, seed in cells:
                 if (cell_dir(work, method, seed) / "train_done.json").exists():
                     evaluate_cell(tb, method, seed, out, work, k=args.k, steps=args.steps,
-                                  eval_every=args.eval_every, keep_checkpoints=True)
+                                  eval_every=args.eval_every, keep_checkpoints=True, dtype=args.eval_dtype)
                 else:
                     print(f"[{method} s{seed}] not trained yet (no {cell_dir(work, method, seed)}/train_done.json)")
         elif args.train_only:
@@ -551,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for method, seed in cells:
                 run_cell(tb, method, seed, out, k=args.k, keep_checkpoints=args.keep_checkpoints, extra=extra,
-                         work_root=work, **budget)
+                         work_root=work, dtype=args.eval_dtype, **budget)
     if args.no_aggregate or args.train_only:
         return 0
     res = aggregate(out, tb, args.k, expected=[(m, s) for s in args.seeds for m in methods])
