@@ -7,9 +7,8 @@ broadcast of per-segment PRM scores to tokens (the stand-in for the PRM's map ba
 fixed segmentation; ``prm_avg``, ``spro`` and ``pure`` are the estimators alone (``pure`` reads the entropy segments
 as its steps). Every plugin estimator is called with a ``metrics`` dict, as ``prpo_sync`` calls it in a training step
 (``--no-metrics``: the advantages alone); verl's ``grpo`` computes no metrics of its own. ``prpo_floor`` is the
-``prpo`` row's stage (same segmentation, broadcast and advantages, equal to the last bit) with only the method's own
-ops: no input checks, no metrics, the bool mask instead of a float copy. It is a lower bound for this stage, not an
-estimator. The last column counts the minor page faults of a timed call (``getrusage``): 4096 per 16 MiB buffer that
+``prpo`` row's stage (same segmentation, broadcast and advantages) without the input checks and the metrics: what the
+checks and metrics cost, not an estimator. The figures are for reading, not a gate. The last column counts the minor page faults of a timed call (``getrusage``): 4096 per 16 MiB buffer that
 the kernel has to map again.
 
 On CPU the figures depend on the allocator as much as on the code. With glibc's defaults, freeing more than 32 MiB at
@@ -81,22 +80,17 @@ def run_prpo(b: dict) -> torch.Tensor:
 
 
 def run_prpo_floor(b: dict) -> torch.Tensor:
-    """``run_prpo`` without input checks and metrics (k=5, m=10 and ``PRPOConfig``'s defaults, as there): the spikes,
-    the ids, the broadcast and A = ((p - mu) / sigma + beta) m, each in the package's own form."""
+    """``run_prpo`` without input checks and metrics (k=5, m=10 and ``PRPOConfig``'s defaults, as there): the
+    segmentation, the broadcast and A = ((p - mu) / sigma + beta) m, from the package's public pieces."""
     from verl_prpo.config import PRPOConfig
-    from verl_prpo.ops import group_ids, outcome_advantage
-    from verl_prpo.segmentation import _from_starts, _greedy_spikes, _starts_from_cuts, segment_table_index
+    from verl_prpo.ops import group_ids, group_normalized
 
     valid = b["response_mask"].bool()
-    cuts, ok = _greedy_spikes(b["entropy"], valid, 5, 10)
-    ids = _from_starts(_starts_from_cuts(cuts, ok, valid), valid).segment_ids
-    scores = b["segment_scores"]
-    table = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], dim=1)
-    p = table.view(-1).index_select(0, segment_table_index(ids, table.shape[1]).view(-1)).view(ids.shape)
-    R = b["token_level_rewards"].sum(-1)
-    _, beta = outcome_advantage(R[:, None], valid, None, groups=group_ids(b["index"]))
+    seg = segment("entropy", valid, entropy=b["entropy"], k=5, m=10)
+    p = broadcast_segment_scores(b["segment_scores"], seg.segment_ids)
+    _, beta = group_normalized(b["token_level_rewards"].sum(-1), *group_ids(b["index"]))
     cfg = PRPOConfig()
-    return p.sub_(cfg.mu).div_(cfg.sigma).add_(beta[:, None]).mul_(valid)
+    return ((p - cfg.mu) / cfg.sigma + beta[:, None]) * valid
 
 
 def run_prm_avg(b: dict) -> torch.Tensor:
@@ -178,8 +172,8 @@ def main() -> None:
     b["segment_ids"] = seg.segment_ids
     runs = {"grpo": run_grpo, "prpo": run_prpo, "prm_avg": run_prm_avg, "prl": run_prl, "spro": run_spro,
             "pure": run_pure}
-    try:  # an older verl_prpo (compare_advantages.py) may lack the helpers the floor reuses
-        from verl_prpo.segmentation import _from_starts, _greedy_spikes, _starts_from_cuts, segment_table_index  # noqa
+    try:  # an older verl_prpo (compare_advantages.py) may lack the pieces the floor uses
+        from verl_prpo.ops import group_normalized  # noqa: F401
         runs["prpo_floor"] = run_prpo_floor
     except ImportError:
         pass

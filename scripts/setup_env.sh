@@ -21,4 +21,6 @@ if [ "${VERL_PRPO_SKIP_VLLM:-0}" != "1" ] && [ "$(uname -m)" = "x86_64" ]; then
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   .venv/bin/python -m verl_prpo.cpu.vllm_dist
 fi
-.venv/bin/python -c "import verl, verl_prpo; from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R; assert all(n in R for n in ('prpo','prl','spro','prm_avg')), 'plugin not registered'; print('verl', verl.__version__, '+ verl-prpo', verl_prpo.__version__, 'ready')"
+# Set-up check: every component of the plugin (each estimator of its registry, the trainer mode, the reward manager,
+# the CPU platform and rollout) is registered in verl, as the trainer checks it at start-up.
+.venv/bin/python -c "import verl, verl_prpo; from verl_prpo.startup import check_registered; from verl_prpo.estimators import ESTIMATOR_NAMES; check_registered(); print('verl', verl.__version__, '+ verl-prpo', verl_prpo.__version__, 'ready; estimators:', ' '.join(ESTIMATOR_NAMES))"

@@ -15,7 +15,7 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-@pytest.mark.parametrize("length", [256, 300])  # whole 64-token blocks, and a padded last block
+@pytest.mark.parametrize("length", [256, 300])
 @pytest.mark.parametrize("with_metrics", [False, True])
 def test_prpo_floor_equals_prpo(length, with_metrics):
     b = bench.make_batch(32, length, 4, seed=1)

@@ -2,7 +2,7 @@
 
 The plugin registers, in verl's own registries:
 
-* advantage estimators ``prpo``, ``prl``, ``spro``, ``prm_avg`` (``verl_prpo.estimators``);
+* the advantage estimators of ``verl_prpo.estimators`` (one module each; ``ESTIMATOR_NAMES`` lists them);
 * the V1 trainer mode ``prpo_sync`` (``verl_prpo.trainer``);
 * the reward-loop manager ``prpo`` (``verl_prpo.reward_manager``);
 * the CPU platform, engine and rollout backend (``verl_prpo.cpu``).

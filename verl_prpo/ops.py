@@ -242,21 +242,21 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None, *, zero_o
                     ) -> tuple[float, float]:
     """Mean and unbiased std of ``x`` over ``mask`` as Python floats (0.0 when empty / fewer than two values).
 
-        n = sum m,   mean = sum x m / n,   std = sqrt( sum m (x - mean)^2 / (n - 1) )      (two passes, float64)
+        n = sum m,   mean = sum x m / n,   std = sqrt( sum m (x - mean)^2 / (n - 1) )      (two passes)
 
-    ``x``: float32 or float64, finite where the mask is set (a NaN off the mask would survive the product; the
-    estimators pass checked tensors). ``mask``: 0/1 or bool, None for all. ``zero_off_mask``: the caller promises
-    x = 0 wherever the mask is 0 (an estimator's advantages), so x itself is the masked sum's term.
+    Sums accumulate in float64. ``x``: float32 or float64, finite where the mask is set (a NaN off the mask would
+    survive the product; the estimators pass checked tensors). ``mask``: 0/1 or bool, None for all.
+    ``zero_off_mask``: the caller promises x = 0 wherever the mask is 0 (an estimator's advantages), so x itself is
+    the masked sum's term.
     """
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"masked statistics take float32 or float64 values, got {x.dtype}")
-    x = x.double()
-    m = torch.ones_like(x) if mask is None else valid_mask(mask).double()
-    n = float(m.sum())
+    m = torch.ones_like(x) if mask is None else valid_mask(mask).to(x.dtype)
+    n = float(m.sum(dtype=torch.float64))
     if n == 0:
         return 0.0, 0.0
-    mean = float((x if zero_off_mask else x * m).sum()) / n
+    mean = float((x if zero_off_mask else x * m).sum(dtype=torch.float64)) / n
     if n < 2:
         return mean, 0.0
     dev = x - mean * m if zero_off_mask else (x - mean) * m  # equal where the promise holds
-    return mean, (float((dev**2).sum()) / (n - 1.0)) ** 0.5
+    return mean, (float((dev * dev).sum(dtype=torch.float64)) / (n - 1.0)) ** 0.5

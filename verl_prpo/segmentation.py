@@ -92,14 +92,16 @@ def _greedy_spikes(priority: torch.Tensor, mask: torch.Tensor, k: int, m: int):
     Returns:
         cuts ``(B, k)`` long and ok ``(B, k)`` bool (False once a row ran out of eligible positions).
     """
-    pos = torch.arange(priority.shape[1], device=priority.device)
+    L = priority.shape[1]
+    pos = torch.arange(L, device=priority.device)
     work = torch.where(mask & (pos >= m), priority.float(), float("-inf"))  # -inf: not eligible
+    window = torch.arange(-(m - 1), m, device=priority.device)  # a pick at c makes (c - m, c + m) ineligible
     cuts, oks = [], []
     for _ in range(k):
         value, c = work.max(dim=-1)  # torch.max returns the first maximal position
         cuts.append(c)
         oks.append(value > float("-inf"))
-        work = work.masked_fill((pos - c[:, None]).abs() < m, float("-inf"))
+        work.scatter_(1, (c[:, None] + window).clamp(0, L - 1), float("-inf"))
     return torch.stack(cuts, dim=-1), torch.stack(oks, dim=-1)
 
 
