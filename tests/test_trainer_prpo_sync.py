@@ -266,7 +266,7 @@ def _expected_segment_ids(adv: str, algo: dict, mask: torch.Tensor, entropy: tor
     if adv == "prl":
         # fixed steps: position t is in step t // step_len, computed by hand
         pos = torch.arange(LMAX).expand(len(ROWS), LMAX)
-        return torch.where(mask.bool(), pos // algo["prl"]["step_len"], torch.full_like(pos, -1)).to(torch.int32)
+        return torch.where(mask.bool(), pos // algo["prl"]["step_len"], torch.full_like(pos, -1))
     p = algo["prpo"]
     return segment(p["segmentation"], mask, entropy=entropy, k=p["k"], m=p["m"], step_len=p["step_len"],
                    seed=p["seed"] + GLOBAL_STEPS).segment_ids
