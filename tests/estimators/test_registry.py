@@ -122,7 +122,8 @@ def test_the_trainers_error_lists_name_every_estimator():
 def test_start_up_reads_each_record(composed, name):
     from verl_prpo.trainer import validate_plugin_config
 
-    typed = validate_plugin_config(_config(composed, **{"algorithm.adv_estimator": name, "prm.scores_from_batch": True}))
+    overrides = {"algorithm.adv_estimator": name, "prm.scores_from_batch": True}
+    typed = validate_plugin_config(_config(composed, **overrides))
     assert type(typed["estimator"]) is ESTIMATORS[name].config
     bad = {"algorithm.adv_estimator": name, f"algorithm.{ESTIMATORS[name].config_node}.oops": 1,
            "prm.scores_from_batch": True}

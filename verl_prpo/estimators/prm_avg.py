@@ -33,8 +33,8 @@ def compute_prm_avg_advantage(
         R'_i    = R_i + pbar_i
         A_{i,t} = (R'_i - mean_G R') / (std_G R' + eps) m_{i,t}   (R'_i - mean_G R' if norm_adv_by_std_in_grpo=False)
 
-    ``mu`` and ``eps`` come from ``algorithm.prpo`` (as does the segmentation the PRM scores); ``norm_adv_by_std_in_grpo``
-    from ``algorithm`` (default True).
+    ``mu`` and ``eps`` come from ``algorithm.prpo`` (as does the segmentation the PRM scores);
+    ``norm_adv_by_std_in_grpo`` from ``algorithm`` (default True).
 
     Args:
         token_level_rewards: ``(B, L)``. response_mask: ``(B, L)``. index: ``(B,)`` uids. config: ``algorithm`` node.

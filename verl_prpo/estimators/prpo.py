@@ -67,7 +67,8 @@ def compute_prpo_advantage(
             counts = steps_per_response(step_ids(b, segment_ids), b.valid).double()
             nonempty = counts[counts > 0]
             for stat in ("mean", "min", "max"):
-                metrics[f"prpo/segments_per_response/{stat}"] = float(getattr(nonempty, stat)()) if len(nonempty) else 0.0
+                value = float(getattr(nonempty, stat)()) if len(nonempty) else 0.0
+                metrics[f"prpo/segments_per_response/{stat}"] = value
             metrics["prpo/segment_length/mean"] = float(b.m.sum()) / float(counts.sum()) if counts.sum() else 0.0
         metrics["prpo/prm_score/mean"], metrics["prpo/prm_score/std"] = masked_mean_std(p, b.m)
         metrics["prpo/abs_beta/mean"] = float(beta.abs().double().mean()) if beta.numel() else 0.0
