@@ -97,6 +97,13 @@ def test_registering_twice_is_refused_and_filters_follow_the_records(monkeypatch
         register_estimator("test_only", PRPOConfig)(lambda *a, **k: None)
     with pytest.raises(ValueError, match="needs_prm implies needs_segments"):
         register_estimator("bad", PRPOConfig, needs_prm=True)
+    from verl_prpo.config import SPROConfig
+
+    with pytest.raises(ValueError, match="SPROConfig has no `segmentation` option"):
+        register_estimator("bad", SPROConfig, needs_segments=True)
+    with pytest.raises(ValueError, match="names no NODE"):
+        register_estimator("bad", dict)
+    assert "bad" not in registry.ESTIMATORS
     assert "test_only" not in ESTIMATORS  # the package's table is untouched
 
 

@@ -50,9 +50,19 @@ ESTIMATORS: dict[str, EstimatorSpec] = {}
 
 def register_estimator(name: str, config: type, *, needs_prm: bool = False, needs_ref: bool = False,
                        needs_segments: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator recording ``fn`` as the estimator ``name`` (see ``EstimatorSpec``); returns ``fn`` unchanged."""
+    """Decorator recording ``fn`` as the estimator ``name`` (see ``EstimatorSpec``); returns ``fn`` unchanged.
+
+    The record is checked against what the trainer will read from its config: ``NODE``; ``segmentation`` with
+    ``needs_segments``; ``mu`` (the score of a segment the PRM could not read) with ``needs_prm``.
+    """
+    if not isinstance(getattr(config, "NODE", None), str):
+        raise ValueError(f"estimator {name!r}: its config {config.__name__} names no NODE (its algorithm.<node>)")
     if needs_prm and not needs_segments:
         raise ValueError(f"estimator {name!r}: needs_prm implies needs_segments (the PRM scores segments)")
+    if needs_segments and "segmentation" not in getattr(config, "__dataclass_fields__", {}):
+        raise ValueError(f"estimator {name!r}: needs_segments, but {config.__name__} has no `segmentation` option")
+    if needs_prm and not hasattr(config, "mu"):
+        raise ValueError(f"estimator {name!r}: needs_prm, but {config.__name__} has no `mu` (the PRM's fallback score)")
 
     def record(fn: Callable) -> Callable:
         spec = EstimatorSpec(name, fn, config, needs_prm=needs_prm, needs_ref=needs_ref, needs_segments=needs_segments)
