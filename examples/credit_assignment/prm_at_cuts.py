@@ -246,12 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--testbed", default=None)
     p.add_argument("--out", default="benchmarks/results/prm_at_cuts", help="writes <out>.json and <out>.md")
+    p.add_argument("--no-prefix-prm", action="store_true",
+                   help="the step PRM only (the prefix PRM is built on first use otherwise: about 25 min)")
     args = p.parse_args(argv)
     from examples.credit_assignment.build import DEFAULT_DIR, build_testbed
     from examples.credit_assignment.prefix_prm import build_prefix_prm
 
     tb = build_testbed(args.testbed or DEFAULT_DIR)
-    prms = {"step PRM": tb.prm_dir, "prefix PRM": build_prefix_prm(tb)}
+    prms = {"step PRM": tb.prm_dir}
+    if not args.no_prefix_prm:
+        prms["prefix PRM"] = build_prefix_prm(tb)
     res = analyse(tb, prms, samples=args.samples, seed=args.seed)
     res["command"] = "python -m examples.credit_assignment.prm_at_cuts " + " ".join(argv or [])
     out = Path(args.out)
