@@ -233,9 +233,26 @@ def group_position_stats(
     return total, count, mean, std
 
 
+def _float_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``mask`` (0/1, bool or None = all) in ``x``'s dtype."""
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"masked statistics take float32 or float64 values, got {x.dtype}")
+    if mask is None:
+        return torch.ones_like(x)
+    return mask if mask.dtype == x.dtype else valid_mask(mask).to(x.dtype)
+
+
+def _total(x: torch.Tensor) -> float:
+    """sum of ``x``: row sums in its dtype, their total in float64 (a float64 ``sum`` of a float32 (1024, 4096) tensor
+    takes 17 ms on CPU, this 2 ms; bench_advantages.py, 5 calls per estimator)."""
+    return float(x.sum(-1).double().sum())
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, *, zero_off_mask: bool = False) -> float:
-    """Mean of ``x`` over ``mask`` as a Python float (0.0 when empty): the first value of ``masked_mean_std``."""
-    return masked_mean_std(x, mask, zero_off_mask=zero_off_mask)[0]
+    """Mean of ``x`` over ``mask`` as a Python float (0.0 when empty): the first pass of ``masked_mean_std``."""
+    m = _float_mask(x, mask)
+    n = _total(m)
+    return _total(x if zero_off_mask else x * m) / n if n else 0.0
 
 
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None, *, zero_off_mask: bool = False
@@ -244,19 +261,17 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor | None = None, *, zero_o
 
         n = sum m,   mean = sum x m / n,   std = sqrt( sum m (x - mean)^2 / (n - 1) )      (two passes)
 
-    Sums accumulate in float64. ``x``: float32 or float64, finite where the mask is set (a NaN off the mask would
-    survive the product; the estimators pass checked tensors). ``mask``: 0/1 or bool, None for all.
-    ``zero_off_mask``: the caller promises x = 0 wherever the mask is 0 (an estimator's advantages), so x itself is
-    the masked sum's term.
+    Row sums in ``x``'s dtype, their total in float64. ``x``: float32 or float64, finite where the mask is set (a NaN
+    off the mask would survive the product; the estimators pass checked tensors). ``mask``: 0/1 or bool, None for
+    all. ``zero_off_mask``: the caller promises x = 0 wherever the mask is 0 (an estimator's advantages), so x itself
+    is the masked sum's term.
     """
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"masked statistics take float32 or float64 values, got {x.dtype}")
-    m = torch.ones_like(x) if mask is None else valid_mask(mask).to(x.dtype)
-    n = float(m.sum(dtype=torch.float64))
+    m = _float_mask(x, mask)
+    n = _total(m)
     if n == 0:
         return 0.0, 0.0
-    mean = float((x if zero_off_mask else x * m).sum(dtype=torch.float64)) / n
+    mean = _total(x if zero_off_mask else x * m) / n
     if n < 2:
         return mean, 0.0
     dev = x - mean * m if zero_off_mask else (x - mean) * m  # equal where the promise holds
-    return mean, (float((dev * dev).sum(dtype=torch.float64)) / (n - 1.0)) ** 0.5
+    return mean, (_total(dev * dev) / (n - 1.0)) ** 0.5
