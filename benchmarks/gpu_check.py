@@ -256,7 +256,7 @@ def estimator_section(args, device: torch.device) -> dict:
     except Exception as exc:  # noqa: BLE001 - reported, the PRM figures stand on their own
         msg = f"{type(exc).__name__}: {exc}"
         print(f"estimators: SKIPPED, `from verl_prpo import estimators` failed ({msg}); the estimators need "
-              "verl_prpo/estimators.py importable without verl", flush=True)
+              "the verl_prpo.estimators package importable without verl", flush=True)
         return {"status": "import failed", "error": msg}
 
     def to(b, dev):
