@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "verl_prpo"
+PKG = Path(__file__).resolve().parents[2] / "verl_prpo"
 
 SCRIPT = textwrap.dedent(
     """

@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 spec = importlib.util.spec_from_file_location(
-    "compare_advantages", Path(__file__).parents[1] / "benchmarks" / "compare_advantages.py")
+    "compare_advantages", Path(__file__).parents[2] / "benchmarks" / "compare_advantages.py")
 compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 spec = importlib.util.spec_from_file_location(
-    "bench_advantages", Path(__file__).parents[1] / "benchmarks" / "bench_advantages.py")
+    "bench_advantages", Path(__file__).parents[2] / "benchmarks" / "bench_advantages.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
