@@ -79,9 +79,10 @@ def claims_table(res: dict) -> str:
             lines.append(f"| {text} | (no common seed) | | | not measured yet |")
             continue
         v = iv.verdict(d["t"], direction)
-        if v == "cannot decide" and len(d["seeds"]) > 1:
+        if v == "cannot decide":
             pv = iv.verdict(d["pooled"], direction)
-            v += f" (pooled interval: {pv})" if pv != "cannot decide" else ""
+            n = len(d["seeds"])
+            v += f" ({n} seed{'s' if n > 1 else ''}; pooled interval alone: {pv})" if pv != "cannot decide" else ""
         per = "; ".join(f"s{s} {_pts(x)}" for s, x in zip(d["seeds"], d["per_seed"]))
         lines.append(f"| {text} | {per} | {_ci(d['t'])} | {_ci(d['pooled'])} | **{v}** |")
     return "\n".join(lines) + "\n"

@@ -38,7 +38,7 @@ class _FakeTestbed:
         return list(range(N_PROBLEMS))
 
 
-def _launcher_cell(work: Path, method: str, seed: int, steps=(10, 20)) -> Path:
+def _launcher_cell(work: Path, method: str, seed: int, steps=(10, 20), wall_s=270.0) -> Path:
     """A cell as /work/grid_v3/launch.py leaves it: checkpoints, metrics.jsonl, train_done.json."""
     cell = work / f"{method}_s{seed}"
     for s in steps:
@@ -47,7 +47,7 @@ def _launcher_cell(work: Path, method: str, seed: int, steps=(10, 20)) -> Path:
         "critic/score/mean": 0.1 * s, "prpo/z/mean": 0.5, "prpo/abs_beta/mean": 0.2, "other": 1}}) + "\n"
         for s in range(1, 21)))
     (cell / "train_done.json").write_text(json.dumps({
-        "method": method, "seed": seed, "wall_s": 270.0, "commit": "e29e333", "command": ["python", "-m", "x"],
+        "method": method, "seed": seed, "wall_s": wall_s, "commit": "e29e333", "command": ["python", "-m", "x"],
         "estimator": "prpo", "overrides": [],
         "budget": {"steps": 20, "prompts_per_step": 16, "n": 16, "lr": 5e-5, "updates_per_step": 2}}))
     return cell
@@ -86,7 +86,7 @@ def fake_eval(monkeypatch):
 def test_eval_phase_reads_the_launcher_layout_shares_step0_and_one_sampling_seed(tmp_path, fake_eval):
     work, out = tmp_path / "work", tmp_path / "grid"
     _launcher_cell(work, "prpo", 1)
-    _launcher_cell(work, "grpo", 1)
+    _launcher_cell(work, "grpo", 1, wall_s=None)  # a cell finished by hand records no wall time
     (work / "pure_s1").mkdir()  # training in progress: no marker
     tb = _FakeTestbed()
     with pytest.raises(FileNotFoundError, match="train_done"):

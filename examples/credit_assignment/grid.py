@@ -340,6 +340,12 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _mean_known(values: list) -> str:
+    """Mean of the values that are known (a cell finished by hand may not record its wall time)."""
+    known = [v for v in values if v is not None]
+    return f"{statistics.mean(known):.0f}" if known else "-"
+
+
 def _pts(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
 
@@ -411,7 +417,7 @@ def markdown_table(runs: list[dict], k: int) -> str:
         lines.append(f"| {row['method']} | {row['seeds']} | {t} | {pooled_s} | {'; '.join(seeds)} | "
                      f"{_ms(row['sampled_final'])} | {_pts(gg['mean'])} | {_ms(row['greedy_final'])} | "
                      f"{_ms(row['pass_at_k_final'])} | {_ms(row['length_change'])} | "
-                     f"{statistics.mean(row['wall_s']):.0f} |")
+                     f"{_mean_known(row['wall_s'])} |")
     return head + "\n".join(lines) + "\n"
 
 
