@@ -1,4 +1,4 @@
-"""The learning test's run (tests/test_testbed_learning.py), repeated: GRPO through verl's ``main_ppo`` on the
+"""The learning test's run (tests/lab/test_learning.py), repeated: GRPO through verl's ``main_ppo`` on the
 testbed, 16 prompts x 8 rollouts, 4 updates per step, lr 3e-5; prints the change in the teacher-forced
 log-likelihood of the held-out correct solutions after each run. Shows how far the test's figure moves between runs
 and seeds (the test asserts a gain above 0.05 nats at seed 0).

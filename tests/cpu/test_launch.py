@@ -45,3 +45,16 @@ def test_user_overrides_replace_the_base_keys_and_come_last():
     base = ["a.b=1", "+c.d=2", "e=3"]
     assert merge_overrides(base, ["c.d=5", "~e"]) == ["a.b=1", "c.d=5", "~e"]
     assert merge_overrides(base, None) == base
+
+
+def test_cpu_mode_env_caps_transfer_queue_threads(monkeypatch):
+    # TransferQueue warns on every put/get when TQ_NUM_THREADS (default 8) exceeds the physical cores
+    from verl_prpo.cpu.launch import cpu_mode_env, physical_cores
+
+    monkeypatch.delenv("TQ_NUM_THREADS", raising=False)
+    overrides: list[str] = []
+    env = cpu_mode_env(overrides, None)
+    assert env["VERL_PLATFORM"] == "cpu" and overrides == []
+    assert int(env["TQ_NUM_THREADS"]) == min(8, physical_cores()) >= 1
+    monkeypatch.setenv("TQ_NUM_THREADS", "3")  # the user's value wins
+    assert cpu_mode_env([], None)["TQ_NUM_THREADS"] == "3"

@@ -16,7 +16,7 @@ from examples.credit_assignment.build import CHECKSUMS, PinnedTestbedError, buil
 # the classes by their module (pytest would try to collect names starting with "Test")
 Settings = build.TestbedSettings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _fake_built_testbed(root: Path, s: Settings) -> build.Testbed:

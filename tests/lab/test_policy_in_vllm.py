@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 pytest.importorskip("vllm")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_vllm_loads_the_policy_and_generates_what_hf_generates(tmp_path):

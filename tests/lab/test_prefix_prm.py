@@ -11,7 +11,7 @@ import pytest
 from examples.credit_assignment import task
 from examples.credit_assignment.task import Problem
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 P = Problem(7, (("add", 5), ("mul", 3), ("sub", 4)))  # 7 + 5 = 12, 12 * 3 = 36, 36 - 4 = 32
 
 

@@ -119,19 +119,6 @@ def test_aggregate_records_the_runs_budget_and_refuses_to_mix_budgets(tmp_path):
         aggregate(out, _FakeTestbed(), k=4)
 
 
-def test_cpu_mode_env_caps_transfer_queue_threads(monkeypatch):
-    # TransferQueue warns on every put/get when TQ_NUM_THREADS (default 8) exceeds the physical cores
-    from verl_prpo.cpu.launch import cpu_mode_env, physical_cores
-
-    monkeypatch.delenv("TQ_NUM_THREADS", raising=False)
-    overrides: list[str] = []
-    env = cpu_mode_env(overrides, None)
-    assert env["VERL_PLATFORM"] == "cpu" and overrides == []
-    assert int(env["TQ_NUM_THREADS"]) == min(8, physical_cores()) >= 1
-    monkeypatch.setenv("TQ_NUM_THREADS", "3")  # the user's value wins
-    assert cpu_mode_env([], None)["TQ_NUM_THREADS"] == "3"
-
-
 def test_evaluate_does_not_import_build():
     # the import cycle build <-> evaluate is gone: evaluate (and task) stand without build
     import ast

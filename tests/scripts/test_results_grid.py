@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-spec = importlib.util.spec_from_file_location("results_grid", Path(__file__).resolve().parents[1] / "scripts" /
+spec = importlib.util.spec_from_file_location("results_grid", Path(__file__).resolve().parents[2] / "scripts" /
                                               "results_grid.py")
 rg = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(rg)
