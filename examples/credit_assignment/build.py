@@ -262,8 +262,6 @@ def _prm_training_solution(p: task.Problem, rng: random.Random) -> str:
 
 
 def _prm_batch(adapter, rng, s: TestbedSettings, exclude: set[str], n: int):
-    import torch
-
     rows = []
     while len(rows) < n:
         p = task.sample_problem(rng)
@@ -271,7 +269,15 @@ def _prm_batch(adapter, rng, s: TestbedSettings, exclude: set[str], n: int):
             continue
         sol = _prm_training_solution(p, rng)
         rows.append(prm_example(adapter, p, sol))
-    L = max(len(r[0]) for r in rows)
+    return pad_prm_rows(adapter, rows)
+
+
+def pad_prm_rows(adapter, rows: list[tuple[list[int], list[int], list]]):
+    """Right-padded ``(ids, attention, labels)`` (B, L) tensors from rows of (input ids, label positions, labels);
+    positions without a label get -100 (ignored by the loss)."""
+    import torch
+
+    n, L = len(rows), max(len(r[0]) for r in rows)
     ids = torch.full((n, L), adapter.pad_token_id)
     att = torch.zeros((n, L), dtype=torch.long)
     labels = torch.full((n, L), -100)

@@ -33,7 +33,8 @@ from pathlib import Path
 from examples.credit_assignment import task
 from examples.credit_assignment.build import (CHECKSUMS, DEFAULT_DIR, STEP_TAG, PinnedTestbedError, Testbed, _auc,
                                               _build_info, _fit, _params, _prm_training_solution, _sha256,
-                                              artifacts_dir, build_testbed, checksum_mismatches, read_checksums)
+                                              artifacts_dir, build_testbed, checksum_mismatches, pad_prm_rows,
+                                              read_checksums)
 
 logger = logging.getLogger(__name__)
 
@@ -101,23 +102,13 @@ def prefix_example(adapter, tokenizer, problem: task.Problem, solution: str, cut
 
 
 def _batch(adapter, tokenizer, rng, exclude: set[str], n: int):
-    import torch
-
     rows = []
     while len(rows) < n:
         p = task.sample_problem(rng)
         if p.question in exclude:
             continue
         rows.append(prefix_example(adapter, tokenizer, p, _prm_training_solution(p, rng), None, rng))
-    L = max(len(r[0]) for r in rows)
-    ids = torch.full((n, L), adapter.pad_token_id)
-    att = torch.zeros((n, L), dtype=torch.long)
-    labels = torch.full((n, L), -100)
-    for i, (x, pos, lab) in enumerate(rows):
-        ids[i, : len(x)] = torch.tensor(x)
-        att[i, : len(x)] = 1
-        labels[i, pos] = torch.tensor([int(v) for v in lab])
-    return ids, att, labels
+    return pad_prm_rows(adapter, rows)
 
 
 # ---------------------------------------------------------------------------------------------------- training
