@@ -195,38 +195,53 @@ def validate_batch_divisibility(config: DictConfig) -> None:
                 f"first actor update. Data-parallel sizes that divide {total}: {ok}.{hint}")
 
 
-def check_cluster_gpus(resource_pool_spec: dict[str, list[int]], available_per_node: dict[str, float] | None = None
-                       ) -> None:
-    """Fail at start-up, naming the missing GPUs, when the Ray cluster cannot hold every pool of the spec.
+def check_cluster_resources(resource_pool_spec: dict[str, list[int]],
+                            available_per_node: dict[str, dict[str, float]] | None = None,
+                            cpus_per_device: int = 3) -> None:
+    """Fail at start-up, naming what is missing, when the Ray cluster cannot hold every pool of the spec.
 
-    ``resource_pool_spec``: verl's ``{pool: [GPUs on node 0, GPUs on node 1, ...]}`` (the PRM's own pool
-    included). Each node entry must fit on one Ray node (first-fit decreasing over the free GPUs per node);
-    otherwise Ray's placement groups would wait forever.
+    ``resource_pool_spec``: verl's ``{pool: [devices on node 0, devices on node 1, ...]}`` (the PRM's own pool
+    included). verl turns each node entry of g devices into one STRICT_PACK placement group of g bundles of
+    ``{device: 1, CPU: max_colocate_count}`` (``RayResourcePool.get_placement_groups``), so each entry must find g
+    free devices AND g x ``cpus_per_device`` free CPUs on ONE Ray node (first-fit decreasing over the nodes);
+    otherwise Ray's placement group would wait forever.
+
+    ``available_per_node``: ``{node: {"GPU": free devices, "CPU": free CPUs}}`` (default: the Ray cluster's; NPUs
+    count as devices). ``cpus_per_device``: verl's ``ResourcePoolManager.max_colocate_count``.
     """
     if available_per_node is None:
         import ray
 
-        per_node = ray._private.state.available_resources_per_node()
-        available_per_node = {n: float(info.get("GPU", info.get("NPU", 0)) or 0) for n, info in per_node.items()}
-    need = sorted(((int(g), pool) for pool, nodes in resource_pool_spec.items() for g in nodes), reverse=True)
-    free = sorted((int(v) for v in available_per_node.values()), reverse=True)
-    total_need, total_free = sum(g for g, _ in need), sum(free)
-    pools = ", ".join(f"{pool}: {' + '.join(str(g) for g in nodes)}" for pool, nodes in resource_pool_spec.items())
+        available_per_node = ray._private.state.available_resources_per_node()
+    nodes = {name: [int(info.get("GPU", info.get("NPU", 0)) or 0), float(info.get("CPU", 0) or 0)]
+             for name, info in available_per_node.items()}
+    need = sorted(((int(g), pool) for pool, entries in resource_pool_spec.items() for g in entries), reverse=True)
+    pools = ", ".join(f"{pool}: {' + '.join(str(g) for g in entries)}" for pool, entries in resource_pool_spec.items())
+    per_node = ", ".join(f"{g} GPU / {c:g} CPU" for g, c in sorted(nodes.values(), reverse=True))
+    total_need, total_free = sum(g for g, _ in need), sum(g for g, _ in nodes.values())
     if total_need > total_free:
         raise ValueError(
             f"the run needs {total_need} GPUs ({pools}) but the Ray cluster has {total_free} free: "
             f"{total_need - total_free} GPU(s) missing. Add nodes, lower trainer.n_gpus_per_node / prm.n_gpus_per_node "
             f"/ prm.nnodes, or use prm.placement=colocate (the PRM then shares the trainer's GPUs).")
+    free = sorted(nodes.values(), reverse=True)
     for g, pool in need:
-        for i, f in enumerate(free):
-            if f >= g:
-                free[i] -= g
+        cpus = g * cpus_per_device
+        for slot in free:
+            if slot[0] >= g and slot[1] >= cpus:
+                slot[0] -= g
+                slot[1] -= cpus
                 break
         else:
+            if any(slot[0] >= g for slot in free):
+                raise ValueError(
+                    f"pool {pool} needs {g} GPUs and {cpus} CPUs ({cpus_per_device} per GPU bundle, verl's "
+                    f"max_colocate_count) on one node, but every Ray node with {g} free GPUs has fewer free CPUs "
+                    f"({pools}; free per node: {per_node}). Start the Ray nodes with more logical CPUs "
+                    f"(ray start --num-cpus; in CPU mode ray_kwargs.ray_init.num_cpus).")
             raise ValueError(
                 f"pool {pool} needs {g} GPUs on one node but no Ray node has {g} free ({pools}; free per node: "
-                f"{sorted((int(v) for v in available_per_node.values()), reverse=True)}): "
-                f"{g - max(free, default=0)} GPU(s) missing on the largest node.")
+                f"{per_node}): {g - max((slot[0] for slot in free), default=0)} GPU(s) missing on the largest node.")
 
 
 def ensure_reference_policy(config: DictConfig) -> bool:
@@ -362,7 +377,8 @@ class PRPOTrainerSync(PPOTrainerSync):
         prm = self.plugin_config["prm"]
         if self._uses_prm() and prm.placement == "own_pool":
             self.resource_pool_manager.resource_pool_spec[PRM_POOL] = [prm.n_gpus_per_node] * prm.nnodes
-        check_cluster_gpus(self.resource_pool_manager.resource_pool_spec)
+        rpm = self.resource_pool_manager
+        check_cluster_resources(rpm.resource_pool_spec, cpus_per_device=int(getattr(rpm, "max_colocate_count", 3)))
 
     def _actor_role(self):
         from verl.trainer.ppo.utils import Role

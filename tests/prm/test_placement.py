@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from verl_prpo import trainer as trainer_mod
-from verl_prpo.trainer import PRM_POOL, PRPOTrainerSync, check_cluster_gpus, trainer_data_parallel_size
+from verl_prpo.trainer import PRM_POOL, PRPOTrainerSync, check_cluster_resources, trainer_data_parallel_size
 
 REPO = Path(trainer_mod.__file__).resolve().parents[1]
 CONF_DIR = REPO / "verl_prpo" / "conf"
@@ -79,8 +79,37 @@ def test_too_small_cluster_is_a_start_up_error_naming_the_missing_gpus(composed,
 def test_a_pool_node_larger_than_any_ray_node_is_an_error():
     # 12 GPUs free in total, but no node can hold the PRM's 8-GPU node entry next to the trainer
     with pytest.raises(ValueError, match=r"prm_pool needs 8 GPUs on one node"):
-        check_cluster_gpus({"global_pool": [4], PRM_POOL: [8]}, {"a": 6.0, "b": 6.0})
-    check_cluster_gpus({"global_pool": [8], PRM_POOL: [8]}, {"a": 8.0, "b": 8.0})  # fits: no error
+        check_cluster_resources({"global_pool": [4], PRM_POOL: [8]}, _nodes((6, 64), (6, 64)))
+    check_cluster_resources({"global_pool": [8], PRM_POOL: [8]}, _nodes((8, 64), (8, 64)))  # fits: no error
+
+
+def _nodes(*gpus_cpus):
+    return {f"node{i}": {"GPU": float(g), "CPU": float(c)} for i, (g, c) in enumerate(gpus_cpus)}
+
+
+def test_a_node_with_free_gpus_but_too_few_cpus_is_a_start_up_error():
+    # verl's bundles are {GPU: 1, CPU: 3}: each one-GPU pool needs 3 CPUs beside its GPU on one node. Node 1 has a
+    # GPU but only 2 CPUs left (the hang seen on a 4-CPU worker), so one of the two pools has nowhere to go
+    with pytest.raises(ValueError, match=r"pool \w+ needs 1 GPUs and 3 CPUs .* fewer free CPUs .*--num-cpus"):
+        check_cluster_resources({"global_pool": [1], PRM_POOL: [1]}, _nodes((1, 8), (1, 2)))
+    check_cluster_resources({"global_pool": [1], PRM_POOL: [1]}, _nodes((1, 8), (1, 3)))  # 3 CPUs: fits
+    # the CPUs of one node are shared by its pools: 2 + 1 GPUs need 9 CPUs there
+    with pytest.raises(ValueError, match=r"needs 1 GPUs and 3 CPUs"):
+        check_cluster_resources({"global_pool": [2], PRM_POOL: [1]}, _nodes((4, 8)))
+    check_cluster_resources({"global_pool": [2], PRM_POOL: [1]}, _nodes((4, 9)))
+    # verl's max_colocate_count sets the CPUs per bundle
+    with pytest.raises(ValueError, match=r"needs 2 GPUs and 2 CPUs"):
+        check_cluster_resources({"global_pool": [2]}, _nodes((2, 1)), cpus_per_device=1)
+
+
+def test_the_trainer_checks_cpus_with_verls_bundle_size(composed, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray._private.state, "available_resources_per_node",
+                        lambda: {"node0": {"CPU": 64.0, "GPU": 8.0}, "node1": {"CPU": 2.0, "GPU": 1.0}})
+    t = PRPOTrainerSync(_cfg(composed, **{"prm.placement": "own_pool", "prm.n_gpus_per_node": 1}))
+    with pytest.raises(ValueError, match=r"prm_pool needs 1 GPUs and 3 CPUs"):
+        t._init_resource_pool_mgr()
 
 
 def test_prm_scorer_uses_the_pool_verl_created(monkeypatch):

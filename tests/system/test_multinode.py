@@ -158,7 +158,8 @@ class TwoNodeRay:
         # 8 logical CPUs per node, as the CPU config gives its single local node: each of verl's pool bundles asks
         # for 3 (max_colocate_count) beside its GPU, and actors that hold a CPU (TransferQueue's controller and storage
         # unit, 1 each) may land on either node. With 4 on the worker, the own_pool PRM's bundle once found that
-        # node's GPU free but only 2 CPUs, and the job waited for the placement group forever after "ready to fit".
+        # node's GPU free but only 2 CPUs, and the job waited for the placement group forever after "ready to fit"
+        # (the trainer's start-up check, check_cluster_resources, now refuses such a node when it sees it so).
         self.root = root
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
