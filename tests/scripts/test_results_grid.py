@@ -34,3 +34,13 @@ def test_claims_table_verdicts_and_missing_cells(tmp_path):
     new = rg.block(res, "| table |\n")
     assert "Missing cells (1): pure_s0." in new and "| table |" in new
     assert text.index(rg.BEGIN) < text.index(rg.END)
+
+
+def test_post_hoc_comparisons_get_their_own_table_after_the_claims():
+    base = np.array([1, 2, 0, 3] * 50)
+    runs = [_run(m, s, base, base + d) for s in (0, 1, 2) for m, d in (("grpo", 0), ("prpo_newline", 1))]
+    new = rg.block({"runs": runs, "evaluation": {"k": 4}, "missing": []}, "| table |\n")
+    pre, post = new.split("**Comparisons added after seeing results**")
+    assert "| PRPO beats GRPO (PRPO paper) |" in pre and "paragraph segments beats GRPO" not in pre
+    line = [ln for ln in post.splitlines() if ln.startswith("| PRPO with paragraph segments beats GRPO")][0]
+    assert "+25.0" in line and "**supported**" in line
