@@ -1,8 +1,9 @@
 """PRM placement and the trainer's world size, checked at start-up without a cluster (issue 9, items 4 and 5).
 
 4. ``prm.placement=own_pool`` is part of verl's resource pool spec (``prm_pool``), so verl creates and checks it
-   with the trainer's pools, and a cluster that cannot hold every pool fails at start-up saying how many GPUs are
-   missing (instead of waiting forever in ``ray.get(pg.ready())``).
+   with the trainer's pools, and a cluster that cannot hold every pool (GPUs, or the 3 CPUs per GPU that verl's
+   bundles reserve on the same node) fails at start-up saying what is missing (instead of waiting forever in
+   ``ray.get(pg.ready())``); a real local Ray node agrees with the check about which pools fit.
 5. ``ppo_mini_batch_size x rollout.n`` must be divisible by the trainer's real data-parallel size; with
    ``own_pool`` on one node the trainer keeps fewer GPUs (8 - PRM GPUs), which verl only asserts in the first
    actor update.
@@ -162,3 +163,59 @@ def test_run_single_node_own_pool_default_split_divides_the_recipe_batch(tmp_pat
     trainer_gpus = int(line.split("trainer.n_gpus_per_node=")[1].split()[0])
     prm_gpus = int(line.split("prm.n_gpus_per_node=")[1].split()[0])
     assert trainer_gpus + prm_gpus == 8 and 1024 % trainer_gpus == 0
+
+
+_RAY_AGREES = r'''
+import json, sys, time
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from verl.trainer.ppo.ray_trainer import ResourcePoolManager
+from verl_prpo.trainer import PRM_POOL, check_cluster_resources
+
+ray.init(address="local", num_cpus=8, num_gpus=4, include_dashboard=False, log_to_driver=False)
+
+@ray.remote(num_cpus=1)
+class Holder:  # stands for TransferQueue's controller and storage unit, which hold 1 CPU each before the pools
+    def ping(self):
+        return 1
+
+holders = [Holder.remote() for _ in range(2)]
+ray.get([h.ping.remote() for h in holders])
+cpus = ResourcePoolManager(resource_pool_spec={}, mapping={}).max_colocate_count  # verl's CPUs per bundle
+out = {"cpus_per_bundle": cpus}
+for name, spec in {"fits": {"global_pool": [1], PRM_POOL: [1]}, "short": {"global_pool": [2], PRM_POOL: [1]}}.items():
+    try:
+        check_cluster_resources(spec, cpus_per_device=cpus)
+        out[name + "_check"] = "ok"
+    except ValueError as exc:
+        out[name + "_check"] = str(exc)
+    pgs = [placement_group([{"CPU": cpus, "GPU": 1}] * g, strategy="STRICT_PACK")  # verl's bundles, in spec order
+           for entries in spec.values() for g in entries]
+    out[name + "_ray_ready"] = [pg.wait(timeout_seconds=10) for pg in pgs]
+    for pg in pgs:
+        remove_placement_group(pg)
+    for _ in range(100):  # removal is asynchronous: wait until the node's resources are back
+        free = ray.available_resources()
+        if free.get("GPU", 0) == 4 and free.get("CPU", 0) == 6:
+            break
+        time.sleep(0.1)
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_the_check_agrees_with_ray_about_which_pools_fit(tmp_path):
+    """On a real local Ray node (8 CPUs, 4 logical GPUs, 2 CPUs held by other actors): the spec the check accepts
+    gets every placement group ready; the spec it refuses (2 + 1 GPUs need 9 CPUs, 6 are free) leaves one waiting."""
+    import json
+    import sys
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, "-c", _RAY_AGREES], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = json.loads(line[0][len("RESULT "):])
+    assert out["cpus_per_bundle"] == 3
+    assert out["fits_check"] == "ok" and out["fits_ray_ready"] == [True, True]
+    assert "needs 1 GPUs and 3 CPUs" in out["short_check"]
+    assert out["short_ray_ready"] == [True, False]  # Ray's placement group for the PRM would wait forever
