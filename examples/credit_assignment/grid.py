@@ -421,6 +421,15 @@ def markdown_table(runs: list[dict], k: int) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def change_curve(runs: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    """The evaluation steps of ``runs`` (one method's seeds) and, per step, the mean over the runs that reached it
+    of ``scale x (eval[step][key] - eval[0][key])``: each run's change from its own step 0."""
+    steps = [e["step"] for e in runs[0]["eval"]]
+    ys = [[scale * (r["eval"][i][key] - r["eval"][0][key]) for r in runs if len(r["eval"]) > i]
+          for i in range(len(steps))]
+    return steps, [statistics.mean(y) for y in ys]
+
+
 def plot(runs: list[dict], path: Path) -> Path | None:
     try:
         import matplotlib
@@ -429,23 +438,24 @@ def plot(runs: list[dict], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
         return None
-    keys = [("sampled_accuracy", "sampled accuracy (avg@k)"), ("greedy_accuracy", "greedy accuracy"),
-            ("response_length", "response length (tokens)"), ("entropy", "policy entropy")]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    # changes from step 0, paired within each run: the methods' seed sets differ, and so do the seeds' step-0 values
+    keys = [("sampled_accuracy", "sampled-accuracy gain (points)", 100), ("greedy_accuracy", "greedy-accuracy gain "
+            "(points)", 100), ("response_length", "response-length change (tokens)", 1),
+            ("entropy", "policy-entropy change", 1)]
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
-    cmap = plt.get_cmap("tab10")
+    colors = [plt.get_cmap("tab10")(i) for i in range(10)] + ["black", "gold", "teal", "navy", "lime"]
     for ci, m in enumerate(methods):
         rs = [r for r in runs if r["method"] == m]
-        steps = [e["step"] for e in rs[0]["eval"]]
-        for ax, (key, title) in zip(axes, keys):
-            ys = [[r["eval"][i][key] for r in rs if len(r["eval"]) > i] for i in range(len(steps))]
-            mean = [statistics.mean(y) for y in ys]
-            ax.plot(steps, mean, marker="o", ms=3, color=cmap(ci % 10), label=m,
-                    ls="-" if m in ("grpo", "prpo") else "--")
+        for ax, (key, title, scale) in zip(axes, keys):
+            steps, mean = change_curve(rs, key, scale)
+            ax.plot(steps, mean, marker="o", ms=3, color=colors[ci % len(colors)], label=f"{m} ({len(rs)} seeds)",
+                    ls="-" if m in ("grpo", "prpo") else "--", lw=2.2 if m in ("grpo", "prpo") else 1.3)
+            ax.axhline(0, color="0.7", lw=0.6)
             ax.set_title(title)
             ax.set_xlabel("training step")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("credit-assignment testbed: mean over seeds")
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("credit-assignment testbed: change from step 0, mean over seeds")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -142,3 +142,18 @@ def test_prefix_prm_method_trains_prpo_with_the_prefix_prm(monkeypatch, tmp_path
     assert f"prm.model_path={tmp_path / 'prefix_prm'}" in cmd and "algorithm.adv_estimator=prpo" in cmd
     cmd, _ = grid.train_command(tb, "prpo", seed=0, steps=20, out_dir=tmp_path / "c", save_every=10)
     assert f"prm.model_path={tmp_path / 'prm'}" in cmd
+
+
+def test_curves_are_each_runs_change_from_its_own_step0(tmp_path):
+    # two seeds with different step-0 accuracies; the second never reached step 20
+    runs = [{"method": "grpo", "seed": 0, "eval": [{"step": s, "sampled_accuracy": a, "greedy_accuracy": 1.0,
+                                                    "response_length": 30.0, "entropy": 0.1}
+                                                   for s, a in ((0, 0.30), (10, 0.35), (20, 0.40))]},
+            {"method": "grpo", "seed": 1, "eval": [{"step": s, "sampled_accuracy": a, "greedy_accuracy": 1.0,
+                                                    "response_length": 30.0, "entropy": 0.1}
+                                                   for s, a in ((0, 0.40), (10, 0.41))]}]
+    steps, mean = grid.change_curve(runs, "sampled_accuracy", 100)
+    assert steps == [0, 10, 20]
+    assert mean == pytest.approx([0.0, 3.0, 10.0])  # (5 + 1) / 2 at step 10; seed 0 alone at step 20
+    png = grid.plot(runs + [dict(r, method="prpo") for r in runs], tmp_path / "c.png")
+    assert png is not None and png.stat().st_size > 10_000
