@@ -501,13 +501,16 @@ class PRPOTrainerSync(PPOTrainerSync):
             t0 = time.perf_counter()
             # "correct" = positive outcome reward, for the PRM/outcome agreement metric: the reward manager's score
             # (token_level_scores), not token_level_rewards, which hold the KL penalty with use_kl_in_reward
-            scores, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids,
-                                                        correct=b["token_level_scores"].sum(-1) > 0,
-                                                        response_mask=mask)
+            scores, prm_steps, prm_metrics = self.prm_scorer.score(batch, data, seg.segment_ids,
+                                                                   correct=b["token_level_scores"].sum(-1) > 0,
+                                                                   response_mask=mask)
             metrics["timing_s/prm"] = time.perf_counter() - t0
             metrics.update(prm_metrics)
             metrics.update(getattr(self, "_prm_layout", {}))  # set in _setup; absent on a trainer built without it
             kwargs["prm_scores"] = scores
+            # the estimator's steps are the PRM's: a segment with no text of its own (an EOS-only tail) was scored
+            # as part of the step before it and must not count as a step again (PURE's soft minimum would)
+            kwargs["segment_ids"] = prm_steps.to(seg.segment_ids.device).masked_fill(~b["response_mask"].bool(), -1)
         elif PRM_SCORES_KEY in b.keys():
             kwargs["prm_scores"] = b[PRM_SCORES_KEY]
         else:

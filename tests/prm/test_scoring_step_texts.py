@@ -144,6 +144,9 @@ def test_eos_only_segment_merges_into_the_previous_step(env):
     assert stats["segments"] == 2 and stats["merged_segments"] == 1
     eos_pos = int(mask[0].sum()) - 1
     assert scores[0, eos_pos] == scores[0, eos_pos - 1]
+    # the estimators see two steps, not three: the EOS token carries the second step's id
+    n0, n1 = len(steps[0]), len(steps[1])
+    assert stats["step_ids"][0].tolist() == [0] * n0 + [1] * (n1 + 1) + [-1] * (mask.shape[1] - n0 - n1 - 1)
 
 
 def test_separator_string_and_blank_segments(env):
@@ -162,6 +165,8 @@ def test_separator_string_and_blank_segments(env):
     q = "q"
     scores, stats = score_batch(prm, policy, responses, mask, seg, [q])
     assert stats["segments"] == 2 and _separators(prm, q, st.texts[0]) == 2
+    last = seg[0] == 4
+    assert torch.all(stats["step_ids"][0][(mask[0] == 1) & ~last] == 0) and torch.all(stats["step_ids"][0][last] == 1)
 
 
 def test_response_without_text_gets_the_prior(env):
@@ -176,6 +181,9 @@ def test_response_without_text_gets_the_prior(env):
     prior = torch.tensor(0.3, dtype=torch.float32)
     assert torch.all(scores[0][mask[0] == 1] == prior) and torch.all(scores[1][mask[1] == 1] == prior)
     assert torch.all(scores[2][mask[2] == 1] != prior)
+    # without text a response keeps its own segment ids (row 1: two segments); the merged EOS of row 2 joins step 0
+    assert torch.equal(stats["step_ids"][1][mask[1] == 1], seg[1][mask[1] == 1])
+    assert torch.all(stats["step_ids"][2][mask[2] == 1] == 0)
     assert prm_metrics(scores, mask, stats)["prm/empty_responses"] == 2.0
 
 
@@ -241,6 +249,9 @@ def test_fuzz_scores_match_segments(env, batch, one_token):
             toks = scores[i][(seg[i] == s) & (mask[i] == 1)]
             first = scores[i][(mask[i] == 1) & (seg[i] == owner.index(k))][0]
             assert torch.all(toks == first)
+            # the estimators' step ids: the step's, or the segment's own for a response without text
+            assert torch.all(stats["step_ids"][i][(seg[i] == s) & (mask[i] == 1)] == (k if steps else s))
+        assert torch.all(stats["step_ids"][i][mask[i] == 0] == -1)
     # the public API: no empty or blank string, no special-token text; its steps, joined, are the text the grader
     # reads (the policy's text: the PRM adapter's separator string not yet dropped), unless a multi-byte character
     # was cut in two by a segment boundary (each half decodes to U+FFFD)

@@ -135,7 +135,8 @@ class _RecordingScorer:
         # a PRM that says "good" (0.9) exactly on the responses whose outcome score is positive
         good = (data.batch["token_level_scores"].sum(-1) > 0).float()
         scores = (0.1 + 0.8 * good)[:, None] * mask.float()
-        return scores, prm_metrics(scores, mask, None, correct)
+        steps = segment_ids.long().masked_fill(~mask.bool(), -1)  # no merged segments
+        return scores, steps, prm_metrics(scores, mask, None, correct)
 
 
 def test_agreement_uses_the_outcome_without_the_kl_penalty():
@@ -274,3 +275,53 @@ def test_gpu_sdpa_extra_is_verls_fsdp_extra_without_flash_attn():
     assert got == expected
     assert not any("flash-attn" in r or "flash_attn" in r for r in got)
     assert _extras()["gpu"] == ["verl[vllm,fsdp]==0.9.1"]
+
+
+class _MergingScorer:
+    """A PRM pipeline that merged each response's last one-token segment (an EOS-only tail) into the step before."""
+
+    def score(self, batch, data, segment_ids, correct=None, response_mask=None):
+        mask = response_mask.bool()
+        steps = segment_ids.long().clone()
+        last = mask.long().sum(-1) - 1
+        rows = torch.arange(steps.shape[0])
+        steps[rows, last] = steps[rows, last - 1]
+        steps = steps.masked_fill(~mask, -1)
+        scores = torch.where(mask, 0.3 + 0.1 * steps.clamp(min=0).float(), 0.0)  # step s scores 0.3 + 0.1 s
+        return scores, steps, {}
+
+
+def test_pure_counts_the_prms_steps_not_merged_segments():
+    from verl import DataProto
+
+    t = PRPOTrainerSync.__new__(PRPOTrainerSync)
+    t.config = OmegaConf.create({
+        "algorithm": {"adv_estimator": "pure", "use_kl_in_reward": False, "kl_penalty": "kl",
+                      "norm_adv_by_std_in_grpo": True, "rollout_correction": None,
+                      "pure": {"weighting": "min_form", "temperature": 0.1, "baseline": "token", "vr_coef": 1.0,
+                               "mask_separator": True, "whiten": True, "segmentation": "fixed", "k": 5, "m": 10,
+                               "step_len": 3, "seed": 0, "cut_rule": "greedy"}},
+        "actor_rollout_ref": {"rollout": {"n": 2}, "actor": {"use_kl_loss": False, "kl_loss_coef": 0.0}},
+        "prm": {"enable": False, "scores_from_batch": True},
+    })
+    t.adv_name = "pure"
+    t.plugin_config = validate_plugin_config(t.config)
+    t.prm_scorer = _MergingScorer()
+    t._prm_layout, t._newline_mask, t.global_steps = {}, None, 1
+    B, L = 2, 7  # fixed segments of 3 tokens: [0 0 0 1 1 1 2]; the lone last token is the merged tail
+    scores = torch.zeros(B, L)
+    scores[:, -1] = torch.tensor([1.0, 0.0])
+    data = DataProto.from_dict(tensors={"response_mask": torch.ones(B, L, dtype=torch.int64),
+                                        "token_level_scores": scores, "token_level_rewards": scores,
+                                        "responses": torch.randint(5, 100, (B, L))})
+    kwargs = t._estimator_inputs(None, data, {})
+    assert kwargs["segment_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 1]] * 2  # the PRM's two steps, not three segments
+    fn = t.estimator.fn
+    metrics: dict = {}
+    fn(token_level_rewards=scores, response_mask=data.batch["response_mask"], index=np.array(["a", "a"], dtype=object),
+       config=t.config.algorithm, metrics=metrics, **kwargs)
+    assert metrics["pure/steps_per_response/mean"] == 2.0
+    # soft minimum over the two steps r = 2p - 1 = (-0.4, -0.2): the tail no longer counts step 1 a second time
+    r = torch.tensor([-0.4, -0.2])
+    w = torch.softmax(-r / 0.1, 0)
+    assert metrics["pure/soft_min_reward/mean"] == pytest.approx(float((w * r).sum()), abs=1e-6)

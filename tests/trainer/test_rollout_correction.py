@@ -79,7 +79,8 @@ class RecordingScorer:
     def score(self, batch, data, segment_ids, correct=None, response_mask=None):
         self.seen = {"segment_ids": segment_ids.clone(), "mask": response_mask.clone()}
         mask = response_mask.bool()
-        return torch.where(mask, torch.full(mask.shape, 0.7), torch.zeros(mask.shape)), {"prm/score_mean": 0.7}
+        steps = segment_ids.long().masked_fill(~mask, -1)  # no merged segments
+        return torch.where(mask, torch.full(mask.shape, 0.7), torch.zeros(mask.shape)), steps, {"prm/score_mean": 0.7}
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "fixed", "entropy"])

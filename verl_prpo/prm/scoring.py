@@ -216,7 +216,8 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
     """PRM probabilities per policy token.
 
     Returns ``prm_scores`` (B, L) float32 — every valid token carries the probability of its segment's step, 0
-    outside the mask — and the adapter's stats (``truncated_segments``, ``truncated_questions``, ``prm_tokens``,
+    outside the mask — and the adapter's stats, with ``step_ids`` (B, L) long: the step of every valid token (the
+    segment ids with merged segments renumbered into their step; -1 outside the mask) (``truncated_segments``, ``truncated_questions``, ``prm_tokens``,
     ``segments`` (steps scored), ``model_calls``, per-response lists under ``per_response``) plus
     ``special_tokens_removed``, ``run_on_tokens``, ``merged_segments``, ``empty_responses`` (totals and per
     response, :class:`SegmentTexts`), ``response_tokens``, ``tokens_per_response_token`` and ``time_s`` (seconds:
@@ -248,6 +249,13 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
     mask = response_mask.bool().cpu()
     idx = segment_ids.long().cpu().clamp(min=0, max=table.shape[1] - 1)
     prm_scores = torch.gather(table, 1, idx) * mask
+    # (B, S) the step of every policy segment, so that the estimators count the steps the PRM scored: a merged
+    # segment shares its step's id; a response without text keeps its segment ids (its steps are the prior's)
+    step_table = torch.full((B, max(n_max, 1)), -1, dtype=torch.long)
+    for i, owner in enumerate(st.segment_to_step):
+        if owner:
+            step_table[i, : len(owner)] = torch.tensor(owner) if max(owner) >= 0 else torch.arange(len(owner))
+    stats["step_ids"] = torch.gather(step_table, 1, idx).masked_fill(~mask, -1)
     response_tokens = int(mask.sum())
     stats["response_tokens"] = response_tokens
     stats["tokens_per_response_token"] = stats["prm_tokens"] / response_tokens if response_tokens else 0.0

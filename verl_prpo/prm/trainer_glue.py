@@ -48,8 +48,10 @@ class PRMScorer:
         return cls(wg, prm_config, prior_mean=prior_mean, stop_token_ids=_generation_eos(model))
 
     def score(self, batch, data, segment_ids: torch.Tensor, correct: torch.Tensor | None = None,
-              response_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Per-token PRM scores ``(B, L)`` for the rows of ``data`` (same order as ``batch.keys``).
+              response_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Per-token PRM scores ``(B, L)`` for the rows of ``data`` (same order as ``batch.keys``), the PRM step of
+        every token ``(B, L)`` (``segment_ids`` with segments merged into their step renumbered; -1 off the mask)
+        and the PRM metrics.
 
         ``response_mask``: the mask ``segment_ids`` was computed on (the trainer passes the mask before rollout
         correction); default ``data.batch["response_mask"]``.
@@ -76,7 +78,7 @@ class PRMScorer:
         if stats.get("empty_responses"):
             logger.warning("PRM: %d response(s) have no text once special tokens are removed; their tokens get "
                            "the prior mean %.3f (prm/empty_responses)", stats["empty_responses"], self.prior_mean)
-        return scores, metrics
+        return scores, stats["step_ids"], metrics
 
 
 def _generation_eos(model_config) -> list[int]:

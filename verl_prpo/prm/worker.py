@@ -28,7 +28,8 @@ Input ``DataProto``: batch ``responses`` (B, L) long, ``response_mask`` (B, L), 
 (-1 outside the mask), non-tensor ``question`` (B,) object array of str; optional ``meta_info["prior_mean"]``
 (the fallback score of segments beyond ``prm.max_length``, default 0.5) and ``meta_info["stop_token_ids"]`` (ids
 that end a response besides the policy tokenizer's own: the generation config's EOS).
-Output ``DataProto``: batch ``prm_scores`` (B, L) float32 and per-row counters ``prm_num_segments`` (steps scored),
+Output ``DataProto``: batch ``prm_scores`` (B, L) float32, ``prm_step_ids`` (B, L) long (the PRM step of every
+valid token, merged segments sharing their step's id) and per-row counters ``prm_num_segments`` (steps scored),
 ``prm_truncated_segments``, ``prm_truncated_question``, ``prm_tokens``, ``prm_special_tokens_removed``,
 ``prm_run_on_tokens``, ``prm_merged_segments``, ``prm_empty_response`` (B,) long (``prm.scoring.SegmentTexts``). Per-rank model-call counts go
 into ``meta_info["metrics"]`` (which ``DataProto.concat`` gathers into lists); nothing else rank-specific is put in
@@ -105,6 +106,7 @@ def scores_to_proto(scores: torch.Tensor, stats: dict[str, Any]) -> DataProto:
     per = stats["per_response"]
     tensors = {
         "prm_scores": scores,
+        "prm_step_ids": stats["step_ids"],
         "prm_num_segments": torch.tensor(per["num_segments"], dtype=torch.long),
         "prm_truncated_segments": torch.tensor(per["truncated_segments"], dtype=torch.long),
         "prm_truncated_question": torch.tensor(per["truncated_questions"], dtype=torch.long),
@@ -436,7 +438,7 @@ def compute_prm_scores_with_group(worker_group, responses: torch.Tensor, respons
         raise ValueError(f"{len(questions)} questions for {B} responses")
     if B == 0:
         return torch.zeros(responses.shape, dtype=torch.float32), {
-            "truncated_segments": 0, "truncated_questions": 0, "prm_tokens": 0, "segments": 0, "responses": 0,
+            "step_ids": torch.full(responses.shape, -1, dtype=torch.long), "truncated_segments": 0, "truncated_questions": 0, "prm_tokens": 0, "segments": 0, "responses": 0,
             "model_calls": 0, "dummy_model_calls": 0, "response_tokens": 0, "tokens_per_response_token": 0.0,
             "special_tokens_removed": 0, "run_on_tokens": 0, "merged_segments": 0, "empty_responses": 0}
     data = DataProto.from_dict(
@@ -456,6 +458,7 @@ def compute_prm_scores_with_group(worker_group, responses: torch.Tensor, respons
     prm_tokens = int(out.batch["prm_tokens"].sum())
     response_tokens = int(response_mask.bool().sum())
     stats = {
+        "step_ids": out.batch["prm_step_ids"].long(),
         "truncated_segments": int(out.batch["prm_truncated_segments"].sum()),
         "truncated_questions": int(out.batch["prm_truncated_question"].sum()),
         "prm_tokens": prm_tokens,
