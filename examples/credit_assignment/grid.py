@@ -63,6 +63,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "prpo_released": ("prpo", ["algorithm.prpo.cut_rule=released", f"algorithm.prpo.sigma={math.sqrt(1 / 24)}"]),
     # PRPO (entropy segments) with the prefix PRM, trained to score any prefix (examples.credit_assignment.prefix_prm)
     "prpo_prefix_prm": ("prpo", []),
+    # added after seeing seed 0 of prpo_newline (its z averages +0.95): paragraph segments without the fixed prior's
+    # offset, to tell the PRM's information from a constant push on every sampled token
+    "prpo_newline_relative_norm": ("prpo", ["algorithm.prpo.segmentation=newline",
+                                            "algorithm.prpo.normalization=relative"]),
 }
 #: methods that read another PRM than the testbed's step PRM: method -> the testbed asset (its folder name)
 METHOD_PRM: dict[str, str] = {"prpo_prefix_prm": "prefix_prm"}

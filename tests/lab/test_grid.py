@@ -13,6 +13,8 @@ def test_issue22_diagnostic_methods_are_prpo_with_exactly_their_overrides():
     assert est == "prpo" and ov[0] == "algorithm.prpo.cut_rule=released"
     key, value = ov[1].split("=")
     assert key == "algorithm.prpo.sigma" and float(value) == math.sqrt(1 / 24) and len(ov) == 2
+    assert grid.METHODS["prpo_newline_relative_norm"] == ("prpo", ["algorithm.prpo.segmentation=newline",
+                                                                   "algorithm.prpo.normalization=relative"])
 
 
 # ---------------------------------------------------------------------------------------------------- cell layout
