@@ -53,6 +53,8 @@ CLAIMS = [
 POST_HOC = [
     ("PRPO with paragraph segments beats GRPO", "prpo_newline", "grpo", +1),
     ("PRPO with paragraph segments beats PURE, the best pre-registered PRM method", "prpo_newline", "pure", +1),
+    ("with paragraph segments, the fixed prior (offset +0.95) beats relative normalisation", "prpo_newline",
+     "prpo_newline_relative_norm", +1),
 ]
 
 
