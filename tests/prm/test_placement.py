@@ -191,7 +191,7 @@ for name, spec in {"fits": {"global_pool": [1], PRM_POOL: [1]}, "short": {"globa
         out[name + "_check"] = str(exc)
     pgs = [placement_group([{"CPU": cpus, "GPU": 1}] * g, strategy="STRICT_PACK")  # verl's bundles, in spec order
            for entries in spec.values() for g in entries]
-    out[name + "_ray_ready"] = [pg.wait(timeout_seconds=10) for pg in pgs]
+    out[name + "_ray_ready"] = [pg.wait(timeout_seconds=5) for pg in pgs]
     for pg in pgs:
         remove_placement_group(pg)
     for _ in range(100):  # removal is asynchronous: wait until the node's resources are back
