@@ -375,10 +375,10 @@ class PRPOTrainerSync(PPOTrainerSync):
         a cluster too small for all of them fails here, before any placement group waits."""
         super()._init_resource_pool_mgr()
         prm = self.plugin_config["prm"]
-        if self._uses_prm() and prm.placement == "own_pool":
-            self.resource_pool_manager.resource_pool_spec[PRM_POOL] = [prm.n_gpus_per_node] * prm.nnodes
         rpm = self.resource_pool_manager
-        check_cluster_resources(rpm.resource_pool_spec, cpus_per_device=int(getattr(rpm, "max_colocate_count", 3)))
+        if self._uses_prm() and prm.placement == "own_pool":
+            rpm.resource_pool_spec[PRM_POOL] = [prm.n_gpus_per_node] * prm.nnodes
+        check_cluster_resources(rpm.resource_pool_spec, cpus_per_device=rpm.max_colocate_count)
 
     def _actor_role(self):
         from verl.trainer.ppo.utils import Role

@@ -216,11 +216,11 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
     """PRM probabilities per policy token.
 
     Returns ``prm_scores`` (B, L) float32 — every valid token carries the probability of its segment's step, 0
-    outside the mask — and the adapter's stats, with ``step_ids`` (B, L) long: the step of every valid token (the
-    segment ids with merged segments renumbered into their step; -1 outside the mask) (``truncated_segments``, ``truncated_questions``, ``prm_tokens``,
+    outside the mask — and the adapter's stats (``truncated_segments``, ``truncated_questions``, ``prm_tokens``,
     ``segments`` (steps scored), ``model_calls``, per-response lists under ``per_response``) plus
     ``special_tokens_removed``, ``run_on_tokens``, ``merged_segments``, ``empty_responses`` (totals and per
-    response, :class:`SegmentTexts`), ``response_tokens``, ``tokens_per_response_token`` and ``time_s`` (seconds:
+    response, :class:`SegmentTexts`), ``response_tokens``, ``tokens_per_response_token``, ``step_ids`` ((B, L) long: the step of every valid token, the
+    segment ids with merged segments renumbered into their step, -1 outside the mask) and ``time_s`` (seconds:
     ``decode`` policy tokens to step texts, ``build`` PRM tokenisation, ``forward`` the PRM forwards and read-out,
     ``map`` scores back onto policy tokens). Steps beyond the PRM's ``max_length`` and responses without text get
     ``prior_mean`` (counted). ``eos_token_ids``: extra stop ids (the generation config's EOS).
@@ -236,9 +236,12 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
                                              sync_num_forwards=sync_num_forwards)
     t2 = time.perf_counter()
     B, L = responses.shape
-    # (B, S) score of every policy segment: its step's score; a response without text: the prior mean
+    # (B, S) per policy segment: its step's score (a response without text: the prior mean) and its step, so that
+    # the estimators count the steps the PRM scored (a merged segment shares its step's id; a response without
+    # text keeps its segment ids)
     n_max = max((len(m) for m in st.segment_to_step), default=0)
     table = torch.zeros((B, max(n_max, 1)), dtype=torch.float32)
+    step_table = torch.full((B, max(n_max, 1)), -1, dtype=torch.long)
     for i, (s, owner) in enumerate(zip(scores, st.segment_to_step)):
         if len(s) != (max(owner) + 1 if owner else 0):
             raise RuntimeError(f"response {i}: the PRM returned {len(s)} scores for {max(owner, default=-1) + 1} "
@@ -246,15 +249,10 @@ def score_batch(adapter: PRMAdapter, policy_tokenizer, responses: torch.Tensor, 
         if owner:
             per_segment = [s[k] if k >= 0 else float(prior_mean) for k in owner]
             table[i, : len(owner)] = torch.tensor(per_segment, dtype=torch.float32)
+            step_table[i, : len(owner)] = torch.tensor(owner) if owner[0] >= 0 else torch.arange(len(owner))
     mask = response_mask.bool().cpu()
     idx = segment_ids.long().cpu().clamp(min=0, max=table.shape[1] - 1)
     prm_scores = torch.gather(table, 1, idx) * mask
-    # (B, S) the step of every policy segment, so that the estimators count the steps the PRM scored: a merged
-    # segment shares its step's id; a response without text keeps its segment ids (its steps are the prior's)
-    step_table = torch.full((B, max(n_max, 1)), -1, dtype=torch.long)
-    for i, owner in enumerate(st.segment_to_step):
-        if owner:
-            step_table[i, : len(owner)] = torch.tensor(owner) if max(owner) >= 0 else torch.arange(len(owner))
     stats["step_ids"] = torch.gather(step_table, 1, idx).masked_fill(~mask, -1)
     response_tokens = int(mask.sum())
     stats["response_tokens"] = response_tokens

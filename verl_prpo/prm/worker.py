@@ -438,7 +438,8 @@ def compute_prm_scores_with_group(worker_group, responses: torch.Tensor, respons
         raise ValueError(f"{len(questions)} questions for {B} responses")
     if B == 0:
         return torch.zeros(responses.shape, dtype=torch.float32), {
-            "step_ids": torch.full(responses.shape, -1, dtype=torch.long), "truncated_segments": 0, "truncated_questions": 0, "prm_tokens": 0, "segments": 0, "responses": 0,
+            "step_ids": torch.full(responses.shape, -1, dtype=torch.long),
+            "truncated_segments": 0, "truncated_questions": 0, "prm_tokens": 0, "segments": 0, "responses": 0,
             "model_calls": 0, "dummy_model_calls": 0, "response_tokens": 0, "tokens_per_response_token": 0.0,
             "special_tokens_removed": 0, "run_on_tokens": 0, "merged_segments": 0, "empty_responses": 0}
     data = DataProto.from_dict(
